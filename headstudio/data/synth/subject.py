@@ -1,0 +1,136 @@
+"""``hs-synth subject``: a self-contained synthetic subject with ground truth."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+
+from headstudio.data.synth.layouts import DEPTH_SCALE, WRITERS, FrameRecord, KinectWriter
+from headstudio.data.synth.render import HeadRenderer, PinholeCamera
+from headstudio.data.synth.sequences import test_sequence, training_sequence
+from headstudio.data.synth.texture import FACE_LABELS, LABELS, Look
+from headstudio.flame.constants import MODEL_FILENAME
+from headstudio.flame.model import FlameModel
+from headstudio.flame.procedural import build_template, write_procedural_flame
+from headstudio.io import atomic_dir
+
+WORLD_SCALE = 4.0
+"""World units per FLAME metre (IMavatar's convention): a head spans about one unit."""
+
+
+@dataclass
+class SubjectConfig:
+    size: int = 512
+    """Image width and height in pixels."""
+    num_train: int = 300
+    """Frames in the training sequence."""
+    num_test: int = 100
+    """Frames in the test sequence (stronger, unseen, asymmetric expressions)."""
+    seed: int = 0
+    """Identity, look and motion seed."""
+    format: Literal["imavatar", "nerface", "insta"] = "imavatar"
+    """Folder layout of the video."""
+    kinect: bool = False
+    """Write a MonoNPHM-style Kinect sequence (RGB-D, landmarks, segmentation) instead."""
+    focal: float = 2.8
+    """Focal length in units of the image size."""
+    distance: float = 4.0
+    """Camera distance from the origin in world units (FLAME metres x 4)."""
+    fps: float = 25.0
+    num_shape: int = 100
+    """Identity components the subject uses (IMavatar: 100)."""
+    num_expression: int = 50
+    """Expression components the subject uses (IMavatar: 50)."""
+
+
+def subject_shape(seed: int, num_shape: int) -> np.ndarray:
+    """Identity coefficients: decaying variance, so early (designed) components dominate."""
+    rng = np.random.default_rng(seed + 17)
+    std = 1.0 / (1.0 + np.arange(num_shape) / 10.0)
+    return np.clip(rng.normal(size=num_shape) * std, -2.0, 2.0)
+
+
+def make_subject(
+    out: Path, cfg: SubjectConfig, progress: Optional[Callable[[int, int], None]] = None
+) -> dict:
+    """Render a subject into ``out`` (which must not exist). Returns timing figures."""
+    if cfg.format not in WRITERS:
+        raise ValueError(f"unknown --format '{cfg.format}': choose one of {', '.join(WRITERS)}")
+    t_start = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        model_path = tmp / "flame" / MODEL_FILENAME
+        write_procedural_flame(model_path, seed=cfg.seed)
+        # The subject is rendered from the model as loaded back from disk: one code path.
+        flame = FlameModel.from_file(model_path, num_shape=cfg.num_shape, num_expression=cfg.num_expression)
+        template = build_template()
+        camera = PinholeCamera.looking_at_origin(cfg.size, cfg.focal, cfg.distance)
+        renderer = HeadRenderer(template, Look.from_seed(cfg.seed), camera)
+        shape = subject_shape(cfg.seed, cfg.num_shape)
+        faces = template.faces
+        if cfg.kinect:
+            writer = KinectWriter(tmp, camera, shape, faces, seed=cfg.seed)
+        else:
+            writer = WRITERS[cfg.format](tmp, camera, shape, faces)
+        seqs = [
+            training_sequence(cfg.num_train, cfg.num_expression, cfg.seed, cfg.fps),
+            test_sequence(cfg.num_test, cfg.num_expression, cfg.seed, cfg.fps),
+        ]
+        total, done = sum(len(s) for s in seqs), 0
+        t_render = time.perf_counter()
+        for seq in seqs:
+            for start in range(0, len(seq), 64):
+                sl = slice(start, start + 64)
+                with torch.no_grad():
+                    fo = flame(
+                        shape=torch.as_tensor(shape, dtype=torch.float32)[None],
+                        expression=torch.as_tensor(seq.expression[sl], dtype=torch.float32),
+                        pose=torch.as_tensor(seq.pose[sl], dtype=torch.float32),
+                    )
+                verts = fo.vertices * WORLD_SCALE
+                lms = fo.landmarks * WORLD_SCALE
+                head = fo.transforms[:, 0].double().numpy().copy()
+                head[:, :3, 3] *= WORLD_SCALE
+                for k in range(verts.shape[0]):
+                    frame = renderer.render(verts[k])
+                    rec = FrameRecord(
+                        index=start + k,
+                        frame=frame,
+                        expression=seq.expression[start + k],
+                        pose=seq.pose[start + k],
+                        landmarks_px=camera.project(lms[k].double()).numpy(),
+                        head_transform=head[k],
+                        vertices_world=verts[k].numpy(),
+                    )
+                    writer.write_frame(seq.name, rec)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        writer.finish()
+        elapsed = time.perf_counter() - t_render
+        meta = {
+            "generator": "headstudio hs-synth subject",
+            "config": asdict(cfg),
+            "layout": "kinect" if cfg.kinect else cfg.format,
+            "world_scale": WORLD_SCALE,
+            "camera": {"K": camera.K.tolist(), "R": camera.R.tolist(), "t": camera.t.tolist(), "convention": "OpenCV world-to-camera"},
+            "sequences": {s.name: len(s) for s in seqs},
+            "shape_params": shape.tolist(),
+            "flame_model": f"flame/{MODEL_FILENAME}",
+            "ground_truth": {
+                "depth": f"gt/<seq>/depth/<stem>.png: uint16, camera z in world units x {DEPTH_SCALE:g}, 0 = background",
+                "normal": "gt/<seq>/normal/<stem>.png: uint16 RGB, (n + 1) / 2 * 65535, OpenCV camera axes",
+                "semantic": "gt/<seq>/semantic/<stem>.png: uint8 labels (see labels)",
+                "mesh": "gt/test/mesh/<stem>.ply: posed FLAME-format mesh in world units",
+            },
+            "labels": list(LABELS),
+            "face_labels": list(FACE_LABELS),
+        }
+        (tmp / "subject.json").write_text(json.dumps(meta, indent=1))
+    total_s = time.perf_counter() - t_start
+    return {"frames": total, "render_write_s": elapsed, "total_s": total_s, "fps": total / max(elapsed, 1e-9)}

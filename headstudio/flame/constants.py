@@ -1,0 +1,13 @@
+"""FLAME layout constants shared by the loader, the model and the procedural model."""
+
+MODEL_FILENAME = "generic_model.pkl"
+LANDMARK_FILENAME = "landmark_embedding.npy"
+MASKS_FILENAME = "FLAME_masks.pkl"
+
+NUM_JOINTS = 5
+"""global, neck, jaw, left eye, right eye"""
+PARENTS = (-1, 0, 1, 1, 1)
+NUM_LANDMARKS = 68
+NUM_DYNAMIC_BINS = 79
+"""Dynamic contour table rows: yaw 0..39 degrees, then -1..-39 degrees (DECA convention)."""
+NUM_CONTOUR = 17
