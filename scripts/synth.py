@@ -79,7 +79,7 @@ def entrypoint() -> None:
     try:
         cmd.main()
     except (FileExistsError, ValueError, OSError) as exc:
-        console.print(f"[red]hs-synth: error:[/red] {exc}", highlight=False)
+        print(f"hs-synth: error: {exc}", file=sys.stderr)
         sys.exit(1)
 
 

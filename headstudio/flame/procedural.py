@@ -294,7 +294,7 @@ def build_template(n_cols: int = 88, n_rows: int = 52) -> Template:
     m_center = np.array([0.0, mouth_y - 0.003, mouth_front - 0.036])
     add(m_center + mv * np.array([0.022, 0.013, 0.022]), mf, MOUTH)
     # Teeth: two curved strips just behind the lips.
-    for pid, y0, y1 in ((TEETH_UP, mouth_y + 0.0005, mouth_y + 0.010), (TEETH_LOW, mouth_y - 0.009, mouth_y - 0.0005)):
+    for pid, y0, y1 in ((TEETH_UP, mouth_y - 0.0045, mouth_y + 0.008), (TEETH_LOW, mouth_y - 0.009, mouth_y - 0.001)):
         n_a, ang = 12, np.linspace(-0.9, 0.9, 12)
         ring = np.stack([0.021 * np.sin(ang), np.zeros_like(ang), mouth_front - 0.008 - 0.021 * (1 - np.cos(ang))], -1)
         tv = np.concatenate([ring + [0, y0, 0], ring + [0, y1, 0]], 0)

@@ -10,6 +10,7 @@ along +z. The camera is fixed on the +z axis looking at the origin; the head mov
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ class GroundTruthWriter:
             write_ply(base / "mesh" / f"{stem}.ply", rec.vertices_world, self.faces)
 
 
-class LayoutWriter:
+class LayoutWriter(abc.ABC):
     """Base class: one subject folder, several sequences."""
 
     name = ""
@@ -105,19 +106,22 @@ class LayoutWriter:
         self.gt = GroundTruthWriter(root, faces)
         self.frames: dict[str, list[dict]] = {}
 
+    @abc.abstractmethod
     def stem(self, seq: str, index: int) -> str:
-        raise NotImplementedError  # each layout names its files
+        """File stem of frame ``index`` of sequence ``seq`` in this layout."""
 
     def write_frame(self, seq: str, rec: FrameRecord) -> None:
         stem = self.stem(seq, rec.index)
         self._write_frame(seq, stem, rec)
         self.gt.write(seq, stem, rec, mesh=(seq == "test"))
 
+    @abc.abstractmethod
     def _write_frame(self, seq: str, stem: str, rec: FrameRecord) -> None:
-        raise NotImplementedError
+        """Write the layout's own per-frame files."""
 
+    @abc.abstractmethod
     def finish(self) -> None:
-        raise NotImplementedError
+        """Write the per-sequence files once every frame is written."""
 
 
 class IMavatarWriter(LayoutWriter):
