@@ -2,8 +2,9 @@
 
 Used to render the synthetic head subjects (depth, face ids, barycentrics and any
 per-vertex attribute) on the CPU without a compiled extension. Everything is a handful
-of tensor operations over the (face, candidate pixel) pairs; there is no Python loop
-over faces or pixels.
+of tensor operations over faces, (face, image row) spans and (face, pixel) candidates;
+there is no Python loop over faces or pixels. On two CPU cores a 10k-face mesh covering
+40% of the image takes about 10 ms at 256x256 and 20 ms at 512x512.
 
 Conventions:
 
@@ -23,13 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 FACE_BITS = 23
-"""Bits of the visibility key that hold the face index; meshes need fewer faces."""
-DEPTH_BITS = 40
-"""Bits of the visibility key that hold the quantised depth."""
+"""Meshes given to :func:`rasterize` have fewer than ``2**FACE_BITS`` faces."""
 _INT64_MAX = torch.iinfo(torch.int64).max
 
 
@@ -45,7 +44,7 @@ class Fragments:
     """Camera-space depth z of the visible surface point (0 where empty)."""
 
     @property
-    def mask(self) -> Int[Tensor, "H W"]:
+    def mask(self) -> Bool[Tensor, "H W"]:
         """Boolean coverage mask (``face_id >= 0``)."""
         return self.face_id >= 0
 
@@ -80,6 +79,19 @@ def _empty(height: int, width: int, device: torch.device) -> Fragments:
     )
 
 
+def _segment_ids(counts: Int[Tensor, "S"], total: int) -> tuple[Int[Tensor, "T"], Int[Tensor, "S"]]:
+    """Segment index of every element when segment s has counts[s] elements, and the starts.
+
+    Same as ``repeat_interleave(arange(S), counts)`` (as int32), but a scatter and a cumsum.
+    """
+    starts = torch.cumsum(counts, 0) - counts
+    marks = torch.zeros(total + 1, dtype=torch.int32, device=counts.device)
+    marks.index_add_(0, starts, torch.ones_like(starts, dtype=torch.int32))
+    ids = torch.cumsum(marks[:total], 0, dtype=torch.int32)
+    ids -= 1
+    return ids, starts
+
+
 def rasterize(
     points_cam: Float[Tensor, "V 3"],
     faces: Int[Tensor, "F 3"],
@@ -91,10 +103,13 @@ def rasterize(
 ) -> Fragments:
     """Rasterizes a triangle mesh with a z-buffer.
 
-    For every face the pixels of its clipped bounding box are enumerated, the covered
-    ones kept with edge functions, and the nearest face per pixel is picked with a single
-    ``scatter_reduce("amin")`` on an int64 key ``(quantised depth << 23) | face index``
-    (ties in depth go to the smaller face index).
+    Every face is cut into one span of pixel columns per image row of its bounding box
+    (widened a little, so that it surely holds every covered pixel); each candidate pixel
+    is tested exactly with the three edge functions, and the nearest face per pixel is
+    picked with a single ``scatter_reduce("amin")`` on an int64 key: the bit pattern of
+    the float32 depth (which orders like the depth, as it is positive) in the high 32
+    bits and the candidate index, which follows face order, in the low 32 bits, so depth
+    ties go to the smaller face index.
 
     Faces with a vertex at ``z <= near`` and faces of zero projected area are skipped.
     Computation is in float32 (float64 for images wider or taller than 2048 pixels).
@@ -119,40 +134,43 @@ def rasterize(
     assert num_faces < 2**FACE_BITS, f"rasterize supports fewer than 2**{FACE_BITS} faces, got {num_faces}"
     if num_faces == 0 or H <= 0 or W <= 0:
         return _empty(max(H, 0), max(W, 0), device)
-    # float32 represents pixel centres and candidate offsets exactly up to 2**23.
     dtype = torch.float64 if max(H, W) > 2048 else torch.float32
     eps = torch.finfo(dtype).eps
 
-    # ---- faces: drawable ones, pixel bounding boxes, edge functions -------------------
+    # ---- faces: drawable ones, bounding boxes, edge functions -------------------------
     pts = points_cam.to(dtype)
     in_front = pts[:, 2] > near
     pts_safe = torch.where(in_front[:, None], pts, pts.new_tensor([0.0, 0.0, 1.0]))
     proj = project_points(pts_safe, K.to(device=device, dtype=dtype)).T.contiguous()  # 3 V
-    fT = faces.to(device=device, dtype=torch.int64).T.reshape(-1)  # 3F, vertex k of every face
-    U = proj[0].index_select(0, fT).view(3, num_faces)  # pixel x of vertex k of each face
-    V = proj[1].index_select(0, fT).view(3, num_faces)
+    fT = faces.to(device=device, dtype=torch.int64).T.reshape(-1)  # vertex k of face f at k F + f
+    U, V = proj[:2].index_select(1, fT).view(2, 3, num_faces)  # pixel x, y of vertex k of face f
     area2 = (U[1] - U[0]) * (V[2] - V[0]) - (V[1] - V[0]) * (U[2] - U[0])  # twice the signed area
     keep = in_front.index_select(0, fT).view(3, num_faces).all(0) & (area2 != 0) & torch.isfinite(area2)
     if cull_backfaces:
         P = pts.index_select(0, fT).view(3, num_faces, 3)
         normal = torch.linalg.cross(P[1] - P[0], P[2] - P[0], dim=-1)
         keep &= (normal * P[0]).sum(-1) < 0
-    # Pixels i with i + 0.5 in [min, max], widened by the rounding error of the edge
-    # functions (the exact test below decides), clipped to the image.
+    # Bound on the rounding error of the edge functions, in pixels (times 1 + |slope|).
     slack = 16 * eps * (torch.maximum(U.abs().amax(0), V.abs().amax(0)) + max(H, W))
-    row0 = torch.ceil(V.amin(0) - 0.5 - slack).clamp_(0, H)
-    row1 = torch.floor(V.amax(0) - 0.5 + slack).clamp_(-1, H - 1)
-    col0 = torch.ceil(U.amin(0) - 0.5 - slack).clamp_(0, W)
-    col1 = torch.floor(U.amax(0) - 0.5 + slack).clamp_(-1, W - 1)
-    keep &= (row1 >= row0) & (col1 >= col0)
+    # Rows (columns) whose centre i + 0.5 lies in [min, max] widened by the slack, clipped.
+    box = torch.stack(
+        [
+            torch.ceil(V.amin(0) - 0.5 - slack).clamp_(0, H),
+            torch.floor(V.amax(0) - 0.5 + slack).clamp_(-1, H - 1),
+            torch.ceil(U.amin(0) - 0.5 - slack).clamp_(0, W),
+            torch.floor(U.amax(0) - 0.5 + slack).clamp_(-1, W - 1),
+            slack,
+            area2,
+        ]
+    )
+    keep &= (box[1] >= box[0]) & (box[3] >= box[2])
     fids = keep.nonzero().squeeze(1)
     nf = fids.numel()
     if nf == 0:
         return _empty(H, W, device)
-    U, V = U[:, fids], V[:, fids]
-    area2, slack = area2[fids], slack[fids]
-    row0, row1, col0, col1 = row0[fids], row1[fids], col0[fids], col1[fids]
-    iz = 1.0 / pts_safe[:, 2].index_select(0, fT).view(3, num_faces)[:, fids]  # 3 F', 1/z
+    row0, row1, col0, col1, slack, area2 = box.index_select(1, fids)
+    U, V = U.index_select(1, fids), V.index_select(1, fids)
+    iz = 1.0 / proj[2].index_select(0, fT).view(3, num_faces).index_select(1, fids)  # 3 F', 1/z
 
     # Edge k runs between vertices k+1 and k+2 (opposite vertex k). Its edge function
     #     E_k(p) = e_x * (p_y - A_y) - e_y * (p_x - A_x)
@@ -162,70 +180,67 @@ def rasterize(
     ax, bx = U.roll(-1, 0), U.roll(-2, 0)
     ay, by = V.roll(-1, 0), V.roll(-2, 0)
     swap = (ax > bx) | ((ax == bx) & (ay > by))
-    Ax, Ay = torch.where(swap, bx, ax), torch.where(swap, by, ay)
-    flip = torch.where(swap, -1.0, 1.0).to(dtype) * torch.sign(area2)
-    ex = torch.where(swap, ax - bx, bx - ax) * flip
-    ey = torch.where(swap, ay - by, by - ay) * flip
+    Ax = torch.minimum(ax, bx)
+    Ay = torch.where(swap, by, ay)
+    sgn = torch.sign(area2)
+    ex = (bx - ax).abs_() * (1.0 - 2.0 * swap.to(dtype)) * sgn  # ±|B_x - A_x|
+    ey = (by - ay) * sgn  # = ±(B_y - A_y) with the same sign
     # Along a row, E_k >= 0 bounds p_x from above (e_y > 0) or below (e_y < 0) by the line
     # x = c + m p_y, m = e_x / e_y; the bound is widened by its rounding error.
-    ey_abs = ey.abs()
-    m = ex / torch.where(ey_abs > 0, ey, torch.ones_like(ey))
+    m = ex / (ey + (ey == 0).to(dtype))
     c = Ax - m * Ay
-    bslack = 0.01 + slack * (1 + m.abs())
-    usable = (ey_abs > 0) & (bslack < 2.0 * (W + 1))
+    bslack = 0.01 + slack * (1.0 + m.abs())
+    usable = (ey != 0) & (bslack < 2.0 * (W + 1))
     lower, upper = usable & (ey < 0), usable & (ey > 0)
-    zeros = torch.zeros_like(m)
-    lines = [
-        torch.where(lower, m, zeros),
-        torch.where(lower, c - bslack, torch.full_like(c, -float("inf"))),
-        torch.where(upper, m, zeros),
-        torch.where(upper, c + bslack, torch.full_like(c, float("inf"))),
-    ]
-    # 1/z is affine in screen space: 1/z = d + gx p_x + gy p_y (float64 for accuracy).
-    U64, V64, iz64 = U.double(), V.double(), iz.double()
-    du, dv = U64.roll(-2, 0) - U64.roll(-1, 0), V64.roll(-2, 0) - V64.roll(-1, 0)
-    a64 = area2.double()
-    gx = -(iz64 * dv).sum(0) / a64
-    gy = (iz64 * du).sum(0) / a64
+    bounds = torch.cat(
+        [
+            torch.where(lower, m, 0.0),
+            torch.where(lower, c - bslack, -float(W + 1)),
+            torch.where(upper, m, 0.0),
+            torch.where(upper, c + bslack, float(W + 1)),
+            col0[None],
+            col1[None],
+        ]
+    )  # 14 F'
+    # 1/z is affine in screen space: 1/z = d + g_x p_x + g_y p_y (float64 for accuracy).
+    U64, V64, iz64, a64 = U.double(), V.double(), iz.double(), area2.double()
+    gx = -(iz64 * (V64.roll(-2, 0) - V64.roll(-1, 0))).sum(0) / a64
+    gy = (iz64 * (U64.roll(-2, 0) - U64.roll(-1, 0))).sum(0) / a64
     d0 = iz64[0] - gx * U64[0] - gy * V64[0]
 
-    # ---- rows: one entry per (face, image row) of the bounding box --------------------
+    # ---- rows: one span of columns per (face, image row of its box) -------------------
     ny = (row1 - row0).long() + 1
     num_rows = int(ny.sum())
-    rface = torch.repeat_interleave(torch.arange(nf, device=device), ny, output_size=num_rows)
-    rstart = torch.cumsum(ny, 0) - ny
-    ridx = torch.arange(num_rows, device=device) + (row0.long() - rstart).index_select(0, rface)  # image row
-    py = ridx.to(dtype) + 0.5
-    lo = col0.index_select(0, rface)
-    hi = col1.index_select(0, rface)
-    for k in range(3):
-        g = [t[k].index_select(0, rface) for t in lines]
-        lo = torch.maximum(lo, torch.ceil(g[1] + g[0] * py - 0.5))
-        hi = torch.minimum(hi, torch.floor(g[3] + g[2] * py - 0.5))
-    ncol = (hi - lo + 1).clamp_(min=0).long()
-    c0 = lo.clamp_(0, W)  # first column of the span
+    rface, rstart = _segment_ids(ny, num_rows)
+    py64 = torch.arange(num_rows, device=device, dtype=torch.float64)
+    py64 += (row0.double() + 0.5 - rstart.double()).index_select(0, rface)  # row centre
+    py = py64.to(dtype)
+    b = [t.index_select(0, rface) for t in bounds]
+    lo = torch.maximum(torch.maximum(b[3] + b[0] * py, b[4] + b[1] * py), b[5] + b[2] * py)
+    hi = torch.minimum(torch.minimum(b[9] + b[6] * py, b[10] + b[7] * py), b[11] + b[8] * py)
+    c0 = torch.maximum(torch.ceil(lo - 0.5), b[12])  # first column of the span
+    ncol = (torch.minimum(torch.floor(hi - 0.5), b[13]) - c0 + 1).clamp_(min=0).long()
+    del b, lo, hi
     # Per-row parts of the edge functions: t_k = e_x (p_y - A_y), e_y, A_x.
     t1 = [ex[k].index_select(0, rface) * (py - Ay[k].index_select(0, rface)) for k in range(3)]
     eyr = [ey[k].index_select(0, rface) for k in range(3)]
     axr = [Ax[k].index_select(0, rface) for k in range(3)]
-    # 1/z at the span start and its step per column.
+    # 1/z at the first column of the span and its step per column.
     gxr = gx.index_select(0, rface)
-    iz_start = (d0.index_select(0, rface) + gy.index_select(0, rface) * py.double() + gxr * (c0.double() + 0.5)).to(
-        dtype
-    )
-    iz_step = gxr.to(dtype)
+    iz_start = d0.index_select(0, rface) + gy.index_select(0, rface) * py64 + gxr * (c0.double() + 0.5)
+    iz_start, iz_step = iz_start.to(dtype), gxr.to(dtype)
 
-    # ---- candidates: the columns of every row span, exact inside test -----------------
+    # ---- candidates: every column of every span, exact inside test --------------------
     num_cand = int(ncol.sum())
     if num_cand == 0:
         return _empty(H, W, device)
     assert num_cand < 2**32, "too many candidate pixels"
-    rid = torch.repeat_interleave(torch.arange(num_rows, device=device), ncol, output_size=num_cand)
-    cstart = torch.cumsum(ncol, 0) - ncol
-    ar = torch.arange(num_cand, device=device)
-    dcol = (ar - cstart.index_select(0, rid)).to(dtype)  # column offset in the span
-    px = dcol + (c0 + 0.5).index_select(0, rid)
-    pix = ar + (ridx * W + c0.long() - cstart).index_select(0, rid)
+    rid, cstart = _segment_ids(ncol, num_cand)
+    odt = torch.float32 if num_cand < 2**23 else torch.float64  # exact integer offsets
+    dcol = torch.arange(num_cand, device=device, dtype=odt)
+    dcol -= cstart.to(odt).index_select(0, rid)  # column offset within the span
+    px = (dcol + (c0 + 0.5).to(odt).index_select(0, rid)).to(dtype)  # pixel centre x
+    dcol = dcol.to(dtype)
     E = []
     for k in range(3):
         e = axr[k].index_select(0, rid)
@@ -234,42 +249,44 @@ def rasterize(
         e = torch.sub(t1[k].index_select(0, rid), e, out=e)
         E.append(e)
     del px, t1, eyr, axr
-    outside = torch.minimum(torch.minimum(E[0], E[1]), E[2]) < 0
+    inside = torch.minimum(torch.minimum(E[0], E[1]), E[2]).sign_()  # -1 outside
+    inside += 1
+    inside.clamp_(max=1)  # 1 inside (edges included), 0 outside
 
     # ---- visibility: one amin over (depth bits << 32 | candidate index) ---------------
     inv_depth = iz_step.index_select(0, rid)
     inv_depth *= dcol
     inv_depth += iz_start.index_select(0, rid)
-    depth = torch.reciprocal(inv_depth).float()
-    # Positive float32 values order like their bit patterns, so the key holds the exact
-    # depth in its high 32 bits; the candidate index (in face order, so depth ties go to
-    # the smaller face index) fills the low 32 bits.
+    inv_depth *= inside  # outside: +-0, depth +inf below
+    depth = torch.reciprocal(inv_depth).abs_().float()
+    del inv_depth, inside, dcol
+    ar = torch.arange(num_cand, device=device)
+    pix = ar + ((py64 - 0.5).long() * W + c0.long() - cstart).index_select(0, rid)
     key = depth.view(torch.int32).long()
     key <<= 32
     key |= ar
-    key.masked_fill_(outside, _INT64_MAX)
-    del ar, dcol, inv_depth, depth, outside
+    del depth, ar
     zbuf = torch.full((H * W,), _INT64_MAX, dtype=torch.int64, device=device)
     zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
     del key, pix
 
-    # ---- winners: face ids, perspective-correct barycentrics, depth --------------------
-    covered = (zbuf != _INT64_MAX).nonzero().squeeze(1)
-    wkey = zbuf.index_select(0, covered)
-    win = wkey & 0xFFFFFFFF
+    # ---- winners: face ids, perspective-correct barycentrics, depth (dense) -----------
+    valid = zbuf < (0x7F800000 << 32)  # finite depth: covered
+    win = (zbuf & 0xFFFFFFFF).clamp_(max=num_cand - 1)
     wface = rface.index_select(0, rid.index_select(0, win))
-    w = torch.stack([E[k].index_select(0, win) * iz[k].index_select(0, wface) for k in range(3)], 1)
-    wsum = w.sum(1, keepdim=True)
-    bary = torch.where(wsum > 0, w / wsum, torch.full_like(w, 1.0 / 3.0)).float()
-    depth = (wkey >> 32).int().view(torch.float32)
-
-    face_id = torch.full((H * W,), -1, dtype=torch.int64, device=device)
-    face_id.index_copy_(0, covered, fids.index_select(0, wface))
-    bary_out = torch.zeros((H * W, 3), dtype=torch.float32, device=device)
-    bary_out.index_copy_(0, covered, bary)
-    depth_out = torch.zeros((H * W,), dtype=torch.float32, device=device)
-    depth_out.index_copy_(0, covered, depth)
-    return Fragments(face_id=face_id.view(H, W), bary=bary_out.view(H, W, 3), depth=depth_out.view(H, W))
+    w = [E[k].index_select(0, win) * iz[k].index_select(0, wface).to(dtype) for k in range(3)]
+    scale = valid.to(dtype) / (w[0] + w[1] + w[2]).abs_().add_(1e-35)  # sum >= 0 where covered
+    bary = torch.empty((H * W, 3), dtype=torch.float32, device=device)
+    for k in range(3):
+        bary[:, k] = w[k] * scale
+    face_id = fids.index_select(0, wface)
+    face_id += 1
+    face_id *= valid
+    face_id -= 1
+    depth = (zbuf >> 32).int()
+    depth *= valid
+    depth = depth.view(torch.float32)
+    return Fragments(face_id=face_id.view(H, W), bary=bary.view(H, W, 3), depth=depth.view(H, W))
 
 
 def interpolate(attrs: Float[Tensor, "V C"], faces: Int[Tensor, "F 3"], frags: Fragments) -> Float[Tensor, "H W C"]:
@@ -284,10 +301,13 @@ def interpolate(attrs: Float[Tensor, "V C"], faces: Int[Tensor, "F 3"], frags: F
         Attributes at every pixel, zeros where no face is visible.
     """
     H, W = frags.face_id.shape
-    out = attrs.new_zeros((H, W, attrs.shape[-1]))
-    mask = frags.face_id >= 0
-    fid = frags.face_id[mask]
-    tri = attrs[faces.to(attrs.device).long()[fid]]  # M 3 C
-    b = frags.bary[mask].to(attrs.dtype)
-    out[mask] = (tri * b[..., None]).sum(1)
-    return out
+    fid = frags.face_id.reshape(-1)
+    idx = (fid >= 0).nonzero().squeeze(1)
+    vidx = faces.to(device=attrs.device, dtype=torch.int64).index_select(0, fid.index_select(0, idx))  # M 3
+    bary = frags.bary.reshape(-1, 3).index_select(0, idx).to(attrs.dtype)  # M 3
+    vals = attrs.index_select(0, vidx[:, 0]) * bary[:, 0:1]
+    vals.addcmul_(attrs.index_select(0, vidx[:, 1]), bary[:, 1:2])
+    vals.addcmul_(attrs.index_select(0, vidx[:, 2]), bary[:, 2:3])
+    out = attrs.new_zeros((H * W, attrs.shape[-1]))
+    out.index_copy_(0, idx, vals)
+    return out.view(H, W, -1)

@@ -357,7 +357,7 @@ class KinectWriter(LayoutWriter):
         _write_png(d / "depth" / f"{stem}.png", self.noisy_depth_mm(rec.frame))
         (d / "cameras").mkdir(parents=True, exist_ok=True)
         cam = self.camera
-        np.savez(d / "cameras" / f"{stem}.npz", R=cam.R, t=cam.t, K=cam.K)
+        np.savez(d / "cameras" / f"{stem}.npz", R=cam.R, t=cam.t / 4.0, K=cam.K)  # metres
         self.lms.setdefault(seq, []).append(ibug68_to_wflw98(rec.landmarks_px))
         self.track.setdefault(seq, []).append((rec.expression, rec.pose))
 

@@ -1,0 +1,56 @@
+"""LPIPS that never downloads: built on first use, unavailable (None) when its backbone
+weights are not in the local torch cache, instead of raising or hanging on the network."""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity as _TorchmetricsLPIPS
+
+
+class LazyLPIPS(nn.Module):
+    """Drop-in for torchmetrics' ``LearnedPerceptualImagePatchSimilarity(normalize=True)``.
+
+    Calling it returns the LPIPS score, or NaN when the weights cannot be loaded offline;
+    ``available`` tells which. Nothing is constructed (or fetched) until the first call.
+    """
+
+    def __init__(self, net_type: str = "alex", normalize: bool = True, **kwargs) -> None:
+        super().__init__()
+        self.net_type, self.normalize, self.kwargs = net_type, normalize, kwargs
+        self._metric: Optional[nn.Module] = None
+        self._failed: Optional[str] = None
+
+    @property
+    def available(self) -> bool:
+        self._build()
+        return self._metric is not None
+
+    @property
+    def reason(self) -> Optional[str]:
+        return self._failed
+
+    def _build(self) -> None:
+        if self._metric is not None or self._failed is not None:
+            return
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(2.0)  # a blocked network fails fast instead of hanging
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._metric = _TorchmetricsLPIPS(net_type=self.net_type, normalize=self.normalize, **self.kwargs)
+        except Exception as exc:  # offline: URLError, socket errors, missing cache
+            self._failed = f"LPIPS weights unavailable offline ({type(exc).__name__})"
+        finally:
+            socket.setdefaulttimeout(previous)
+
+    def forward(self, preds: Tensor, target: Tensor) -> Tensor:
+        self._build()
+        if self._metric is None:
+            return torch.tensor(float("nan"))
+        self._metric = self._metric.to(preds.device)
+        return self._metric(preds, target)

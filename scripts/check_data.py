@@ -1,0 +1,95 @@
+"""hs-check-data: summarise a FLAME-tracked subject and list every problem in it.
+
+    hs-check-data PATH [--format auto|imavatar|nerface|insta|kinect]
+
+Prints the layout, frames per split and sequence, resolution, expression-norm statistics
+and, per sequence, the mean and standard deviation of head (global), neck and jaw
+yaw/pitch/roll in degrees (as Table 3 of Chen et al. 2023). Then lists all problems found
+(missing keys or files, bad vector lengths, NaN/inf, mixed image sizes, truncated images,
+...). Exits with 1 when there are problems.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import tyro
+from rich.console import Console
+from rich.table import Table
+from scipy.spatial.transform import Rotation
+
+from headstudio.data.errors import DataError, Problems
+from headstudio.data.formats import VideoSubject, read_subject
+
+console = Console()
+
+
+def euler_degrees(rotvec: np.ndarray) -> np.ndarray:
+    """Axis-angle (N, 3) -> yaw (about y), pitch (about x), roll (about z) in degrees."""
+    return Rotation.from_rotvec(rotvec).as_euler("YXZ", degrees=True)
+
+
+def summary_tables(subject: VideoSubject) -> list[Table]:
+    splits = Table(title=f"{subject.root} ({subject.layout} layout)")
+    for col in ("split", "frames", "sequences"):
+        splits.add_column(col)
+    for name, idx in subject.splits.items():
+        seqs = sorted({subject.frames[i].sequence for i in idx})
+        splits.add_row(name, str(len(idx)), ", ".join(seqs))
+    sizes = sorted({f.size for f in subject.frames})
+    res = ", ".join(f"{w}x{h}" for w, h in sizes)
+    stats = Table(title=f"per sequence (resolution {res}; FLAME shape dims {len(subject.shape)})")
+    stats.add_column("sequence")
+    stats.add_column("frames", justify="right")
+    stats.add_column("|expression| mean / std / max", justify="right")
+    for part in ("head", "neck", "jaw"):
+        stats.add_column(f"{part} yaw / pitch / roll (deg, mean ± std)", justify="right")
+    for seq in subject.sequences:
+        fr = [f for f in subject.frames if f.sequence == seq]
+        expr = np.linalg.norm(np.stack([f.expression for f in fr]), axis=1)
+        pose = np.stack([f.pose for f in fr])
+        cells = []
+        for j in range(3):
+            e = euler_degrees(pose[:, 3 * j : 3 * j + 3])
+            cells.append(" / ".join(f"{m:+.1f}±{s:.1f}" for m, s in zip(e.mean(0), e.std(0))))
+        stats.add_row(
+            seq, str(len(fr)), f"{expr.mean():.2f} / {expr.std():.2f} / {expr.max():.2f}", *cells
+        )
+    return [splits, stats]
+
+
+@dataclass
+class CheckData:
+    path: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="PATH")]
+    """Subject folder."""
+    format: Literal["auto", "imavatar", "nerface", "insta", "kinect"] = "auto"
+    """Layout; detected from the files when 'auto'."""
+
+    def main(self) -> int:
+        try:
+            subject, problems = read_subject(self.path, self.format, Problems())
+        except DataError as exc:
+            print(f"hs-check-data: error: {exc}", file=sys.stderr)
+            return 2
+        if subject.frames:
+            for table in summary_tables(subject):
+                console.print(table)
+        if problems.items:
+            console.print(f"[bold red]{len(problems)} problem(s):[/bold red]")
+            for item in problems.items:
+                console.print(f"  - {item}", highlight=False, soft_wrap=True)
+            return 1
+        console.print("[green]no problems found[/green]")
+        return 0
+
+
+def entrypoint() -> None:
+    sys.exit(tyro.cli(CheckData, description=__doc__).main())
+
+
+if __name__ == "__main__":
+    entrypoint()

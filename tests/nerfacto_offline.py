@@ -1,0 +1,16 @@
+"""Run `ns-train` with nerfstudio's LPIPS made lazy (its AlexNet weights cannot be
+downloaded here); used by the test that trains nerfstudio's nerfacto on our dataparser."""
+
+import sys
+
+import torchmetrics.image.lpip
+
+from headstudio.metrics.lpips import LazyLPIPS
+
+torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity = LazyLPIPS
+
+if __name__ == "__main__":
+    from nerfstudio.scripts.train import entrypoint
+
+    sys.argv = ["ns-train"] + sys.argv[1:]
+    entrypoint()
