@@ -34,7 +34,7 @@ def euler_degrees(rotvec: np.ndarray) -> np.ndarray:
 
 
 def summary_tables(subject: VideoSubject) -> list[Table]:
-    splits = Table(title=f"{subject.root} ({subject.layout} layout)")
+    splits = Table(title="frames per split")
     for col in ("split", "frames", "sequences"):
         splits.add_column(col)
     for name, idx in subject.splits.items():
@@ -75,6 +75,7 @@ class CheckData:
         except DataError as exc:
             print(f"hs-check-data: error: {exc}", file=sys.stderr)
             return 2
+        console.print(f"{self.path}: {subject.layout} layout, {len(subject.frames)} frames", soft_wrap=True, highlight=False)
         if subject.frames:
             for table in summary_tables(subject):
                 console.print(table)

@@ -180,6 +180,9 @@ def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...
         problems.add(root, "no flame_params.json in the folder or its sub-folders")
     names = [d.name if d != root else "all" for d in seq_dirs]
     tests = set(test_sequences) if test_sequences else ({"test"} if "test" in names else ({names[-1]} if len(names) > 1 else set()))
+    # Training sequences first, so frame indices do not depend on the held-out sequences.
+    order = sorted(range(len(names)), key=lambda k: names[k] in tests)
+    seq_dirs, names = [seq_dirs[k] for k in order], [names[k] for k in order]
     unknown = set(test_sequences) - set(names)
     if unknown:
         problems.add(root, f"--test-sequences names {sorted(unknown)}, not among the sequences {names}")
@@ -216,7 +219,8 @@ def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...
             if wm is None or expr is None or pose is None or intr is None or size is None:
                 continue
             w, h = size
-            scale = (w / 512.0, h / 512.0) if np.abs(intr).max() > 1.0 else (w, h)  # old 512-px form
+            # Normalised principal point is about 0.5; the old form stores pixels of a 512-px image.
+            scale = (w / 512.0, h / 512.0) if np.abs(intr[2:]).max() > 1.0 else (w, h)
             K = np.array([-intr[0] * scale[0], intr[1] * scale[1], intr[2] * scale[0], intr[3] * scale[1]])
             w2c = np.eye(4)
             w2c[:3] = wm
@@ -263,7 +267,8 @@ def read_nerface(root: Path, problems: Problems) -> VideoSubject:
     source: dict[int, Path] = {}
     splits: dict[str, list[int]] = {}
     shape = np.zeros(0)
-    for split in ("train", "val", "test"):
+    seen: dict[Path, int] = {}
+    for split in ("train", "test", "val"):
         jf = root / f"transforms_{split}.json"
         if not jf.exists():
             if split == "train":
@@ -286,6 +291,9 @@ def read_nerface(root: Path, problems: Problems) -> VideoSubject:
                 continue
             rel = str(fr["file_path"])
             image = root / (rel if rel.endswith(".png") else rel + ".png")
+            if image in seen:  # the same frame listed in two splits (val is often part of test)
+                splits[split].append(seen[image])
+                continue
             c2w = _vector(fr, "transform_matrix", problems, jf, i, shape=(4, 4))
             key = "flame_expression" if "flame_expression" in fr else "expression"
             expr = _vector(fr, key, problems, jf, i)
@@ -317,7 +325,7 @@ def read_nerface(root: Path, problems: Problems) -> VideoSubject:
                 b = _vector(fr, "bbox", problems, jf, i, length=4)
                 if b is not None:
                     bbox = (b + 1.0) * 0.5 * np.array([w, h, w, h]) if np.abs(b).max() <= 1.0 else b
-            idx = len(frames)
+            idx = seen[image] = len(frames)
             frames.append(FrameInfo(image, split, i, c2w, K, expr, pose, mask=mask if has_mask else None, landmarks=lm, bbox=bbox, size=size))
             source[idx] = jf
             splits[split].append(idx)
@@ -342,7 +350,8 @@ def read_insta(root: Path, problems: Problems) -> VideoSubject:
     source: dict[int, Path] = {}
     splits: dict[str, list[int]] = {}
     shape = np.zeros(0)
-    split_files = {s: root / f"transforms_{s}.json" for s in ("train", "val", "test")}
+    seen: dict[Path, int] = {}
+    split_files = {s: root / f"transforms_{s}.json" for s in ("train", "test", "val")}
     if not any(p.exists() for p in split_files.values()):
         split_files = {"train": root / "transforms.json"}
     for split, jf in split_files.items():
@@ -370,6 +379,9 @@ def read_insta(root: Path, problems: Problems) -> VideoSubject:
                 problems.add(jf, "missing", i, "file_path")
                 continue
             image = root / str(fr["file_path"])
+            if image in seen:
+                splits[split].append(seen[image])
+                continue
             stem = image.stem
             c2w = _vector(fr, "transform_matrix", problems, jf, i, shape=(4, 4))
             expr = _read_txt_vector(root / str(fr.get("exp_path", f"flame/exp/{stem}.txt")), problems, i, "expression")
@@ -386,7 +398,7 @@ def read_insta(root: Path, problems: Problems) -> VideoSubject:
             depth = root / str(fr["depth_path"]) if "depth_path" in fr else None
             if c2w is None or expr is None or pose is None or size is None:
                 continue
-            idx = len(frames)
+            idx = seen[image] = len(frames)
             frames.append(FrameInfo(image, split, i, c2w, np.array(intr, dtype=np.float64), expr, pose, mask=mask, depth=depth, size=size))
             source[idx] = jf
             splits[split].append(idx)
