@@ -132,18 +132,21 @@ def test_kinect_depth_back_projects_onto_the_mesh(subjects):
 
 
 def test_flame_track_matches_the_model_and_takes_overrides(flame):
+    import copy
+
+    flame = copy.deepcopy(flame).float()  # the session fixture is float64; leave it so
     rng = np.random.default_rng(3)
     expr = torch.tensor(rng.normal(size=(5, 50)) * 0.5, dtype=torch.float32)
     pose = torch.tensor(rng.normal(size=(5, 15)) * 0.1, dtype=torch.float32)
     shape = torch.tensor(rng.normal(size=100) * 0.5, dtype=torch.float32)
-    track = FlameTrack(flame.float(), shape, expr, pose, batch_size=2)
+    track = FlameTrack(flame, shape, expr, pose, batch_size=2)
     st = track.lookup(torch.tensor([3, 1]))
-    ref = flame.float()(shape=shape[None], expression=expr[[3, 1]], pose=pose[[3, 1]])
+    ref = flame(shape=shape[None], expression=expr[[3, 1]], pose=pose[[3, 1]])
     assert torch.allclose(st["vertices"], ref.vertices * 4.0, atol=1e-5)
     assert torch.allclose(st["landmarks"], ref.landmarks * 4.0, atol=1e-5)
     assert torch.allclose(track.lookup(torch.tensor([-1]), default=2)["vertices"], track.vertices[2:3])
     custom = track.evaluate(torch.zeros(1, 50), torch.zeros(1, 15))
-    assert torch.allclose(custom.vertices[0], flame.float().rest_mesh(shape[None])[0][0] * 4.0, atol=1e-5)
+    assert torch.allclose(custom.vertices[0], flame.rest_mesh(shape[None])[0][0] * 4.0, atol=1e-5)
     with pytest.raises(IndexError):
         track.lookup(torch.tensor([5]))
 
