@@ -113,6 +113,13 @@ def _vector(
     except (TypeError, ValueError):
         problems.add(file, "is not a list of numbers", frame, key)
         return None
+    return _validated(arr, problems, file, frame, key, length, shape)
+
+
+def _validated(
+    arr: np.ndarray, problems: Problems, file: Path, frame: Any, key: str, length: Optional[int], shape: Optional[tuple] = None
+) -> Optional[np.ndarray]:
+    """``arr`` if it has the expected length / shape and only finite values, else None (and a problem)."""
     if length is not None and arr.shape != (length,):
         problems.add(file, f"has {arr.size} values, expected {length}", frame, key)
         return None
@@ -123,6 +130,21 @@ def _vector(
         problems.add(file, "contains NaN or inf", frame, key)
         return None
     return arr
+
+
+def _frames(doc: dict, file: Path, problems: Problems) -> list[tuple[int, dict]]:
+    """The ``frames`` list of a layout JSON as (index, frame) pairs that name a ``file_path``."""
+    raw = doc.get("frames")
+    if not isinstance(raw, list) or not raw:
+        problems.add(file, "no frames" if isinstance(raw, list) else "missing", None, "frames")
+        return []
+    out = []
+    for i, fr in enumerate(raw):
+        if not isinstance(fr, dict) or "file_path" not in fr:
+            problems.add(file, "missing", i, "file_path")
+        else:
+            out.append((i, fr))
+    return out
 
 
 def _check_image(path: Path, problems: Problems, frame: Any, what: str, source: Path) -> Optional[tuple[int, int]]:
@@ -148,6 +170,15 @@ def _check_sizes(frames: list[FrameInfo], problems: Problems) -> None:
     for f in frames:
         if f.size != (0, 0) and f.size != first:
             problems.add(f.image, f"image is {f.size[0]}x{f.size[1]} but the first frame is {first[0]}x{first[1]}")
+
+
+def _check_frames(frames: list[FrameInfo], splits: dict[str, list[int]], problems: Problems, source: dict[int, Path]) -> None:
+    """Checks shared by the layouts with split files; a missing val or test split borrows the other."""
+    _check_sizes(frames, problems)
+    _check_expression_lengths(frames, problems, source)
+    splits.setdefault("train", [])
+    splits.setdefault("test", splits.get("val", []))
+    splits.setdefault("val", splits["test"])
 
 
 def _check_expression_lengths(frames: list[FrameInfo], problems: Problems, source: dict[int, Path]) -> None:
@@ -199,14 +230,7 @@ def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...
         if s is not None and shape.size == 0:
             shape = s
         intr = _vector(doc, "intrinsics", problems, jf, None, length=4)
-        raw = doc.get("frames")
-        if not isinstance(raw, list) or not raw:
-            problems.add(jf, "no frames" if isinstance(raw, list) else "missing", None, "frames")
-            continue
-        for i, fr in enumerate(raw):
-            if not isinstance(fr, dict) or "file_path" not in fr:
-                problems.add(jf, "missing", i, "file_path")
-                continue
+        for i, fr in _frames(doc, jf, problems):
             rel = str(fr["file_path"])
             image = (seq_dir / rel).with_suffix(".png") if not rel.endswith(".png") else seq_dir / rel
             wm = _vector(fr, "world_mat", problems, jf, i, shape=(3, 4))
@@ -280,15 +304,8 @@ def read_nerface(root: Path, problems: Problems) -> VideoSubject:
         if "shape_params" in doc and shape.size == 0:
             s = _vector(doc, "shape_params", problems, jf, None)
             shape = s if s is not None else shape
-        raw = doc.get("frames")
-        if not isinstance(raw, list) or not raw:
-            problems.add(jf, "no frames" if isinstance(raw, list) else "missing", None, "frames")
-            continue
         splits[split] = []
-        for i, fr in enumerate(raw):
-            if not isinstance(fr, dict) or "file_path" not in fr:
-                problems.add(jf, "missing", i, "file_path")
-                continue
+        for i, fr in _frames(doc, jf, problems):
             rel = str(fr["file_path"])
             image = root / (rel if rel.endswith(".png") else rel + ".png")
             if image in seen:  # the same frame listed in two splits (val is often part of test)
@@ -329,11 +346,7 @@ def read_nerface(root: Path, problems: Problems) -> VideoSubject:
             frames.append(FrameInfo(image, split, i, c2w, K, expr, pose, mask=mask if has_mask else None, landmarks=lm, bbox=bbox, size=size))
             source[idx] = jf
             splits[split].append(idx)
-    _check_sizes(frames, problems)
-    _check_expression_lengths(frames, problems, source)
-    splits.setdefault("train", [])
-    splits.setdefault("test", splits.get("val", []))
-    splits.setdefault("val", splits["test"])
+    _check_frames(frames, splits, problems, source)
     return VideoSubject(root, "nerface", frames, splits, shape, head_folded=True)
 
 
@@ -369,15 +382,8 @@ def read_insta(root: Path, problems: Problems) -> VideoSubject:
             shape = s if s is not None else shape
         elif shape.size == 0 and (root / "flame" / "shape.txt").exists():
             shape = np.atleast_1d(np.loadtxt(root / "flame" / "shape.txt"))
-        raw = doc.get("frames")
-        if not isinstance(raw, list) or not raw:
-            problems.add(jf, "no frames" if isinstance(raw, list) else "missing", None, "frames")
-            continue
         splits[split] = []
-        for i, fr in enumerate(raw):
-            if not isinstance(fr, dict) or "file_path" not in fr:
-                problems.add(jf, "missing", i, "file_path")
-                continue
+        for i, fr in _frames(doc, jf, problems):
             image = root / str(fr["file_path"])
             if image in seen:
                 splits[split].append(seen[image])
@@ -402,11 +408,7 @@ def read_insta(root: Path, problems: Problems) -> VideoSubject:
             frames.append(FrameInfo(image, split, i, c2w, np.array(intr, dtype=np.float64), expr, pose, mask=mask, depth=depth, size=size))
             source[idx] = jf
             splits[split].append(idx)
-    _check_sizes(frames, problems)
-    _check_expression_lengths(frames, problems, source)
-    splits.setdefault("train", [])
-    splits.setdefault("test", splits.get("val", []))
-    splits.setdefault("val", splits["test"])
+    _check_frames(frames, splits, problems, source)
     return VideoSubject(root, "insta", frames, splits, shape, head_folded=True, depth_to_world=4.0 / 1000.0)
 
 
@@ -419,13 +421,7 @@ def _read_txt_vector(path: Path, problems: Problems, frame: int, name: str, leng
     except ValueError as exc:
         problems.add(path, f"not a list of numbers ({exc})", frame, name)
         return None
-    if length is not None and arr.size != length:
-        problems.add(path, f"has {arr.size} values, expected {length}", frame, name)
-        return None
-    if not np.all(np.isfinite(arr)):
-        problems.add(path, "contains NaN or inf", frame, name)
-        return None
-    return arr
+    return _validated(arr, problems, path, frame, name, length)
 
 
 # ------------------------------------------------------------------------------------ Kinect
