@@ -124,7 +124,7 @@ def test_landmarks_follow_the_mesh(flame):
     out = flame(pose=pose)
     lm = out.landmarks[0]
     v, f = out.vertices[0], flame.faces
-    bins = 0  # recompute the contour independently from the yaw of global * neck
+    # Recompute the contour row independently from the yaw of global * neck (DECA's table order).
     yaw = math.degrees(Rotation.from_rotvec([0, 0.25, 0]).as_euler("yxz")[0])
     bins = int(round(-yaw)) if round(-yaw) >= 0 else 39 - int(round(-yaw))
     tri = v[f[flame.lmk_dynamic_faces[bins]]]

@@ -78,15 +78,12 @@ EYE_RADIUS = 0.0122
 MOUTH_HALF_WIDTH = 0.024
 NOSE_TIP_Y = -0.008
 NECK_BOTTOM_Y = -0.17
-JOINTS = np.array(
-    [
-        [0.0, -0.150, -0.015],  # global: neck base
-        [0.0, -0.060, -0.015],  # neck: head-neck pivot
-        [0.0, 0.000, 0.000],  # jaw hinge (placed between the ears)
-        [EYE_X, EYE_Y, 0.0],  # left eye (set from the eyeball centre)
-        [-EYE_X, EYE_Y, 0.0],  # right eye
-    ]
-)
+GLOBAL_JOINT_Y = -0.150
+"""Height of the ring the global (root) joint is regressed from: the neck base."""
+NECK_JOINT_Y = -0.060
+"""Height of the slab the neck joint is regressed from: the head-neck pivot."""
+# The jaw joint is regressed from vertices near both jaw hinges (in front of the ears), the
+# eye joints from the eyeball centres.
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -387,8 +384,8 @@ def _joint_regressor(t: Template) -> np.ndarray:
             for pick in (np.argmin, np.argmax):
                 reg[j, ids[pick(v[ids, axis])]] += 0.25
 
-    box_center(skin & (np.abs(v[:, 1] - JOINTS[0, 1]) < 0.006), 0)
-    box_center(skin & (np.abs(v[:, 1] - JOINTS[1, 1]) < 0.006), 1)
+    box_center(skin & (np.abs(v[:, 1] - GLOBAL_JOINT_Y) < 0.006), 0)
+    box_center(skin & (np.abs(v[:, 1] - NECK_JOINT_Y) < 0.006), 1)
     hinge = np.array([[0.066, -0.004, -0.004], [-0.066, -0.004, -0.004]])
     near = np.min(np.linalg.norm(v[:, None, :] - hinge[None], axis=-1), axis=1) < 0.02
     average(skin & near & (np.abs(np.abs(v[:, 0]) - 0.066) < 0.02), 2)
@@ -612,9 +609,10 @@ def _landmark_embedding(t: Template, normals: np.ndarray) -> dict:
     for s in (-1, 1):  # eyes 36-41 (right), 42-47 (left), each starting at its outer/inner corner
         cx = s * ex
         ring = [(-0.0125, 0.0015), (-0.005, 0.0048), (0.005, 0.0048), (0.0125, 0.0), (0.005, -0.0040), (-0.005, -0.0040)]
+        # iBUG order runs left to right in the image: the right eye (x < 0) starts at its
+        # outer corner, the left eye at its inner corner; both are cx - 0.0125.
         for dx, dy in ring:
-            # For the right eye (s=-1) start at the outer corner (more negative x); left eye at the inner.
-            targets.append((cx + dx if s < 0 else cx + dx, EYE_Y + dy))
+            targets.append((cx + dx, EYE_Y + dy))
     outer = [(-0.024, 0.0), (-0.016, 0.0065), (-0.007, 0.0085), (0.0, 0.0075), (0.007, 0.0085), (0.016, 0.0065),
              (0.024, 0.0), (0.016, -0.0075), (0.007, -0.0095), (0.0, -0.0105), (-0.007, -0.0095), (-0.016, -0.0075)]
     for dx, dy in outer:  # 48-59
