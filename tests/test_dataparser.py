@@ -285,3 +285,12 @@ def test_ns_train_reports_bad_data_in_one_line(broken, tmp_path):
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
     assert "error:" in res.stderr and "field 'expression': contains NaN" in res.stderr
+
+
+def test_dataparsers_are_registered_with_nerfstudio(subjects):
+    from nerfstudio.plugins.registry_dataparser import discover_dataparsers
+
+    specs, _ = discover_dataparsers()
+    assert {"flame-video-data", "kinect-data"} <= set(specs)
+    out = type(specs["kinect-data"])(data=subjects["kinect"]).setup().get_dataparser_outputs("train")
+    assert len(out.cameras) == TINY["num_train"] and out.mask_filenames is not None
