@@ -294,3 +294,11 @@ def test_dataparsers_are_registered_with_nerfstudio(subjects):
     assert {"flame-video-data", "kinect-data"} <= set(specs)
     out = type(specs["kinect-data"])(data=subjects["kinect"]).setup().get_dataparser_outputs("train")
     assert len(out.cameras) == TINY["num_train"] and out.mask_filenames is not None
+
+
+def test_corrupt_flame_model_is_named(broken):
+    model = broken / "flame" / "generic_model.pkl"
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(DataError, match="generic_model.pkl: not a readable pickle") as err:
+        parse(broken)
+    assert "\n" not in str(err.value)
