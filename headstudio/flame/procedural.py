@@ -329,12 +329,12 @@ def _mean_outward(vertices: np.ndarray, faces: np.ndarray) -> float:
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = vertices[faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    vn = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], n)
-    return vn / np.maximum(np.linalg.norm(vn, axis=-1, keepdims=True), 1e-12)
+    """Unit vertex normals of a numpy mesh (headstudio.mesh.vertex_normals)."""
+    import torch
+
+    from headstudio.mesh import vertex_normals as normals_t
+
+    return normals_t(torch.from_numpy(np.asarray(vertices, dtype=np.float64)), torch.from_numpy(faces)).numpy()
 
 
 # ---------------------------------------------------------------------------------------
@@ -416,6 +416,13 @@ def _region(v: np.ndarray, center, sigma) -> np.ndarray:
     return np.exp(-0.5 * (d**2).sum(-1))
 
 
+def _surface_frame(t: Template) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, z of the template, its skin indicator, and a soft 'front of the face' weight."""
+    v = t.vertices
+    skin = (t.part == SKIN).astype(float)
+    return v[:, 0], v[:, 1], v[:, 2], skin, _smoothstep((v[:, 2] - 0.03) / 0.03) * skin
+
+
 def _rigidify(t: Template, disp: np.ndarray, scale_parts: tuple = ()) -> np.ndarray:
     """Rigid parts (eyeballs, teeth, mouth interior) move as wholes with the skin around them."""
     out = disp.copy()
@@ -428,11 +435,8 @@ def _rigidify(t: Template, disp: np.ndarray, scale_parts: tuple = ()) -> np.ndar
 
 
 def _expression_basis(t: Template, rng: np.random.Generator, n: int) -> np.ndarray:
-    v = t.vertices
-    x, y, z = v[:, 0], v[:, 1], v[:, 2]
-    my = t.mouth_y
-    skin = (t.part == SKIN).astype(float)
-    front = _smoothstep((z - 0.03) / 0.03) * skin
+    v, my = t.vertices, t.mouth_y
+    x, y, z, skin, front = _surface_frame(t)
     upper = (t.lip_side > 0).astype(float)
     lower = (t.lip_side < 0).astype(float)
     lip_w = _gauss(x**2, 0.016) * front
@@ -523,11 +527,8 @@ def _expression_basis(t: Template, rng: np.random.Generator, n: int) -> np.ndarr
 
 
 def _shape_basis(t: Template, rng: np.random.Generator, n: int) -> np.ndarray:
-    v = t.vertices
-    x, y, z = v[:, 0], v[:, 1], v[:, 2]
-    my = t.mouth_y
-    skin = (t.part == SKIN).astype(float)
-    front = _smoothstep((z - 0.03) / 0.03) * skin
+    v, my = t.vertices, t.mouth_y
+    x, y, z, skin, front = _surface_frame(t)
     zero = np.zeros_like(x)
     nose = _region(v, [0, 0.0, 0.1], [0.012, 0.02, 0.04]) * front
     lower_face = _smoothstep((my + 0.01 - y) / 0.03) * _smoothstep((y + 0.12) / 0.02)

@@ -12,6 +12,7 @@ from torch import Tensor
 from headstudio.data.raster import interpolate, rasterize
 from headstudio.data.synth.texture import Look, shade_material
 from headstudio.flame import procedural as P
+from headstudio.mesh import vertex_normals
 
 
 @dataclass
@@ -56,15 +57,6 @@ class Frame:
     label: Int[Tensor, "H W"]
 
 
-def vertex_normals_torch(verts: Float[Tensor, "V 3"], faces: Int[Tensor, "F 3"]) -> Float[Tensor, "V 3"]:
-    tri = verts[faces]
-    n = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
-    vn = torch.zeros_like(verts)
-    for k in range(3):
-        vn.index_add_(0, faces[:, k], n)
-    return vn / vn.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 class HeadRenderer:
     """Shades the procedural head with a fixed light seen by one fixed camera."""
 
@@ -90,7 +82,7 @@ class HeadRenderer:
         pts = cam.world_to_camera(verts_world.float())
         frags = rasterize(pts, self.faces, torch.as_tensor(cam.K, dtype=torch.float32), cam.height, cam.width)
         mask = frags.face_id >= 0
-        vn = vertex_normals_torch(pts, self.faces)
+        vn = vertex_normals(pts, self.faces)
         attrs = interpolate(torch.cat([vn, self.canon, pts], -1), self.faces, frags)
         fg = mask.nonzero(as_tuple=True)
         normal = attrs[..., :3][fg]
