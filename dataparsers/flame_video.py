@@ -30,14 +30,13 @@ from nerfstudio.data.scene_box import SceneBox
 
 from headstudio.data.errors import DataError, Problems, install_excepthook
 from headstudio.data.formats import VideoSubject, read_subject
-from headstudio.flame.constants import MODEL_FILENAME
+from headstudio.data.track import FlameTrack
+from headstudio.flame.constants import MODEL_FILENAME, WORLD_SCALE
 from headstudio.flame.files import FLAME_LICENCE_HINT
 from headstudio.flame.model import FlameModel
 from headstudio.flame.safe_pickle import FlameFileError
 
 FLAME_ENV = "HEADSTUDIO_FLAME"
-WORLD_SCALE = 4.0
-"""World units per FLAME metre (IMavatar's convention)."""
 
 install_excepthook()
 
@@ -57,22 +56,6 @@ def resolve_flame_path(flame_path: Optional[Path], subject_root: Path) -> Path:
     if inside.exists():
         return inside
     raise DataError(f"{subject_root}: no FLAME model found (no --flame-path, no ${FLAME_ENV}, no flame/{MODEL_FILENAME} in the subject). {FLAME_LICENCE_HINT}")
-
-
-def head_transforms(flame: FlameModel, shape: np.ndarray, expression: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Rigid head pose of each frame in world units: FLAME's root-joint transform (F, 4, 4)."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(pose), 256):
-            fo = flame(
-                shape=torch.as_tensor(shape, dtype=torch.float32)[None],
-                expression=torch.as_tensor(expression[start : start + 256], dtype=torch.float32),
-                pose=torch.as_tensor(pose[start : start + 256], dtype=torch.float32),
-            )
-            out.append(fo.transforms[:, 0].double().numpy())
-    g = np.concatenate(out) if out else np.zeros((0, 4, 4))
-    g[:, :3, 3] *= WORLD_SCALE
-    return g
 
 
 @dataclass
@@ -103,9 +86,9 @@ class FlameVideoDataParser(DataParser):
 
     def __init__(self, config: FlameVideoDataParserConfig) -> None:
         super().__init__(config=config)
-        self._cache: Optional[tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray]] = None
+        self._cache: Optional[tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray, np.ndarray]] = None
 
-    def load_subject(self) -> tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray]:
+    def load_subject(self) -> tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray, np.ndarray]:
         """Read and validate the subject, load FLAME, compute cameras and poses in the world frame."""
         if self._cache is not None:
             return self._cache
@@ -126,18 +109,20 @@ class FlameVideoDataParser(DataParser):
         expr = np.stack([f.expression for f in subject.frames])
         pose = np.stack([f.pose for f in subject.frames]).copy()
         c2w = np.stack([f.c2w for f in subject.frames])
-        g = head_transforms(flame, shape, expr, pose)
+        # Rigid head pose of each frame in world units: FLAME's root-joint transform.
+        f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        g = FlameTrack(flame, f32(shape), f32(expr), f32(pose)).transforms[:, 0].double().numpy()
         if cfg.fold_head_pose and not subject.head_folded:
             c2w = np.linalg.inv(g) @ c2w
         elif not cfg.fold_head_pose and subject.head_folded:
             c2w = g @ c2w
         if cfg.fold_head_pose:
             pose[:, :3] = 0.0
-        self._cache = (subject, flame, flame_path, c2w, pose)
+        self._cache = (subject, flame, flame_path, c2w, pose, shape)
         return self._cache
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
-        subject, flame, flame_path, c2w, pose = self.load_subject()
+        subject, flame, flame_path, c2w, pose, shape = self.load_subject()
         if split not in subject.splits:
             raise DataError(f"{subject.root}: unknown split '{split}' (have {', '.join(subject.splits)})")
         idx = subject.splits[split]
@@ -175,7 +160,7 @@ class FlameVideoDataParser(DataParser):
         b = self.config.scene_bound
         metadata = {
             "flame_path": flame_path,
-            "shape": torch.tensor(subject.shape if len(subject.shape) else np.zeros(flame.num_shape), dtype=torch.float32),
+            "shape": torch.tensor(shape, dtype=torch.float32),
             "frame_table": {
                 "expression": torch.tensor(np.stack([f.expression for f in subject.frames]), dtype=torch.float32),
                 "pose": torch.tensor(pose, dtype=torch.float32),

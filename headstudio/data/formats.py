@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from headstudio.data.errors import DataError, Problems
+from headstudio.flame.constants import WORLD_SCALE
 
 LAYOUTS = ("imavatar", "nerface", "insta", "kinect")
 POSE_DIM = 15
@@ -409,7 +410,7 @@ def read_insta(root: Path, problems: Problems) -> VideoSubject:
             source[idx] = jf
             splits[split].append(idx)
     _check_frames(frames, splits, problems, source)
-    return VideoSubject(root, "insta", frames, splits, shape, head_folded=True, depth_to_world=4.0 / 1000.0)
+    return VideoSubject(root, "insta", frames, splits, shape, head_folded=True, depth_to_world=WORLD_SCALE / 1000.0)
 
 
 def _read_txt_vector(path: Path, problems: Problems, frame: int, name: str, length: Optional[int] = None) -> Optional[np.ndarray]:
@@ -427,8 +428,6 @@ def _read_txt_vector(path: Path, problems: Problems, frame: int, name: str, leng
 # ------------------------------------------------------------------------------------ Kinect
 
 
-KINECT_WORLD_SCALE = 4.0
-"""MonoNPHM Kinect cameras are in metres; the world is FLAME x 4."""
 
 
 def read_kinect(root: Path, problems: Problems, test_sequences: tuple[str, ...] = (), test_every: int = 10) -> VideoSubject:
@@ -473,7 +472,7 @@ def read_kinect(root: Path, problems: Problems, test_sequences: tuple[str, ...] 
             R, t, K = cam["R"], cam["t"].reshape(3), cam["K"]
             c2w = np.eye(4)
             c2w[:3, :3] = R.T
-            c2w[:3, 3] = -R.T @ t * KINECT_WORLD_SCALE
+            c2w[:3, 3] = -R.T @ t * WORLD_SCALE  # MonoNPHM cameras are in metres
             c2w = c2w @ GL_FROM_CV
             size = _check_image(image, problems, i, "image", seq_dir)
             mask = seq_dir / "matting" / image.name
@@ -497,7 +496,7 @@ def read_kinect(root: Path, problems: Problems, test_sequences: tuple[str, ...] 
                 splits["train"].append(idx)
     _check_sizes(frames, problems)
     splits["val"] = list(splits["test"])
-    return VideoSubject(root, "kinect", frames, splits, shape, head_folded=False, depth_to_world=KINECT_WORLD_SCALE / 1000.0)
+    return VideoSubject(root, "kinect", frames, splits, shape, head_folded=False, depth_to_world=WORLD_SCALE / 1000.0)
 
 
 def read_subject(

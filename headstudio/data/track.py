@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from headstudio.flame.constants import WORLD_SCALE
 from headstudio.flame.model import FlameModel, FlameOutput
 
 
@@ -26,7 +27,7 @@ class FlameTrack(nn.Module):
         shape: Float[Tensor, "S"],
         expression: Float[Tensor, "F E"],
         pose: Float[Tensor, "F 15"],
-        world_scale: float = 4.0,
+        world_scale: float = WORLD_SCALE,
         batch_size: int = 128,
     ) -> None:
         super().__init__()

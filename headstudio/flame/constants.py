@@ -11,3 +11,6 @@ NUM_LANDMARKS = 68
 NUM_DYNAMIC_BINS = 79
 """Dynamic contour table rows: yaw 0..39 degrees, then -1..-39 degrees (DECA convention)."""
 NUM_CONTOUR = 17
+
+WORLD_SCALE = 4.0
+"""headstudio world units per FLAME metre (IMavatar's convention): a head spans about one unit."""

@@ -19,7 +19,6 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -630,7 +629,6 @@ def _landmark_embedding(t: Template, normals: np.ndarray) -> dict:
     # Dynamic contour: for each yaw bin, the silhouette point along a path per landmark.
     grid = t.grid_index
     theta, phi = t.grid_theta, t.grid_phi
-    front_col = int(np.argmin(np.abs(theta)))
     paths = []
     chin_y = my - 0.045
     for k in range(NUM_CONTOUR):

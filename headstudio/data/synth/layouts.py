@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from headstudio.data.synth.render import Frame, PinholeCamera
+from headstudio.flame.constants import WORLD_SCALE
 
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0])
 DEPTH_SCALE = 10000.0
@@ -224,7 +225,7 @@ class InstaWriter(LayoutWriter):
         r = self.root
         _write_png(r / "images" / f"{stem}.png", _u8(rec.frame.rgb))
         _write_png(r / "seg_mask" / f"{stem}.png", rec.frame.label.numpy().astype(np.uint8))
-        depth_mm = np.round(rec.frame.depth.numpy() / 4.0 * 1000.0).clip(0, 65535).astype(np.uint16)
+        depth_mm = np.round(rec.frame.depth.numpy() / WORLD_SCALE * 1000.0).clip(0, 65535).astype(np.uint16)
         _write_png(r / "depth" / f"{stem}.png", depth_mm)
         head = np.linalg.inv(rec.head_transform)
         verts = rec.vertices_world @ head[:3, :3].T + head[:3, 3]
@@ -337,7 +338,7 @@ class KinectWriter(LayoutWriter):
     def noisy_depth_mm(self, frame: Frame) -> np.ndarray:
         """Kinect-like depth: axial noise growing with distance, holes at grazing angles,
         silhouette edges, dark hair and random dropouts, 1 mm quantisation."""
-        depth_m = frame.depth.numpy() / 4.0
+        depth_m = frame.depth.numpy() / WORLD_SCALE
         mask = frame.mask.numpy()
         noise_sd = 0.0008 + 0.0012 * depth_m**2
         d = depth_m + self.rng.normal(size=depth_m.shape) * noise_sd
@@ -357,7 +358,7 @@ class KinectWriter(LayoutWriter):
         _write_png(d / "depth" / f"{stem}.png", self.noisy_depth_mm(rec.frame))
         (d / "cameras").mkdir(parents=True, exist_ok=True)
         cam = self.camera
-        np.savez(d / "cameras" / f"{stem}.npz", R=cam.R, t=cam.t / 4.0, K=cam.K)  # metres
+        np.savez(d / "cameras" / f"{stem}.npz", R=cam.R, t=cam.t / WORLD_SCALE, K=cam.K)  # metres
         self.lms.setdefault(seq, []).append(ibug68_to_wflw98(rec.landmarks_px))
         self.track.setdefault(seq, []).append((rec.expression, rec.pose))
 

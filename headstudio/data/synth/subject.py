@@ -15,14 +15,11 @@ from headstudio.data.synth.layouts import DEPTH_SCALE, WRITERS, FrameRecord, Kin
 from headstudio.data.synth.render import HeadRenderer, PinholeCamera
 from headstudio.data.synth.sequences import test_sequence, training_sequence
 from headstudio.data.synth.texture import FACE_LABELS, LABELS, Look
-from headstudio.flame.constants import MODEL_FILENAME
+from headstudio.data.track import FlameTrack
+from headstudio.flame.constants import MODEL_FILENAME, WORLD_SCALE
 from headstudio.flame.model import FlameModel
 from headstudio.flame.procedural import build_template, write_procedural_flame
 from headstudio.io import atomic_dir
-
-WORLD_SCALE = 4.0
-"""World units per FLAME metre (IMavatar's convention): a head spans about one unit."""
-
 
 @dataclass
 class SubjectConfig:
@@ -84,33 +81,27 @@ def make_subject(
         total, done = sum(len(s) for s in seqs), 0
         t_render = time.perf_counter()
         for seq in seqs:
-            for start in range(0, len(seq), 64):
-                sl = slice(start, start + 64)
-                with torch.no_grad():
-                    fo = flame(
-                        shape=torch.as_tensor(shape, dtype=torch.float32)[None],
-                        expression=torch.as_tensor(seq.expression[sl], dtype=torch.float32),
-                        pose=torch.as_tensor(seq.pose[sl], dtype=torch.float32),
-                    )
-                verts = fo.vertices * WORLD_SCALE
-                lms = fo.landmarks * WORLD_SCALE
-                head = fo.transforms[:, 0].double().numpy().copy()
-                head[:, :3, 3] *= WORLD_SCALE
-                for k in range(verts.shape[0]):
-                    frame = renderer.render(verts[k])
-                    rec = FrameRecord(
-                        index=start + k,
-                        frame=frame,
-                        expression=seq.expression[start + k],
-                        pose=seq.pose[start + k],
-                        landmarks_px=camera.project(lms[k].double()).numpy(),
-                        head_transform=head[k],
-                        vertices_world=verts[k].numpy(),
-                    )
-                    writer.write_frame(seq.name, rec)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+            track = FlameTrack(
+                flame,
+                torch.as_tensor(shape, dtype=torch.float32),
+                torch.as_tensor(seq.expression, dtype=torch.float32),
+                torch.as_tensor(seq.pose, dtype=torch.float32),
+            )
+            for k in range(len(seq)):
+                verts = track.vertices[k]
+                rec = FrameRecord(
+                    index=k,
+                    frame=renderer.render(verts),
+                    expression=seq.expression[k],
+                    pose=seq.pose[k],
+                    landmarks_px=camera.project(track.landmarks[k].double()).numpy(),
+                    head_transform=track.transforms[k, 0].double().numpy(),
+                    vertices_world=verts.numpy(),
+                )
+                writer.write_frame(seq.name, rec)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
         writer.finish()
         elapsed = time.perf_counter() - t_render
         meta = {
