@@ -65,14 +65,16 @@ class HeadPixelSampler(PixelSampler):
 
     def __init__(self, config: HeadPixelSamplerConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
-        self._nonzero_cache: dict[tuple[int, str], Tensor] = {}
+        self._nonzero_cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     def _nonzero(self, key: str, mask: Bool[Tensor, "N H W 1"]) -> Int[Tensor, "M 3"]:
-        cache_key = (id(mask), key)
-        if cache_key not in self._nonzero_cache:
-            self._nonzero_cache = {k: v for k, v in self._nonzero_cache.items() if k[1] != key}
-            self._nonzero_cache[cache_key] = torch.nonzero(mask[..., 0], as_tuple=False)
-        return self._nonzero_cache[cache_key]
+        """Pixel indices inside ``mask``, computed once per image batch (the cache holds the
+        mask itself, so a new batch is never mistaken for the old one)."""
+        cached = self._nonzero_cache.get(key)
+        if cached is None or cached[0] is not mask:
+            cached = (mask, torch.nonzero(mask[..., 0], as_tuple=False))
+            self._nonzero_cache[key] = cached
+        return cached[1]
 
     def sample_indices(
         self, num: int, num_images: int, height: int, width: int, mask: Optional[Tensor], face: Optional[Tensor], device
