@@ -302,3 +302,15 @@ def test_corrupt_flame_model_is_named(broken):
     with pytest.raises(DataError, match="generic_model.pkl: not a readable pickle") as err:
         parse(broken)
     assert "\n" not in str(err.value)
+
+
+def test_lazy_lpips_degrades_offline_instead_of_raising():
+    from headstudio.metrics.lpips import LazyLPIPS
+
+    metric = LazyLPIPS()
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    value = metric(a, b)
+    if metric.available:  # weights already in the local torch cache
+        assert torch.isfinite(value)
+    else:
+        assert torch.isnan(value) and "unavailable" in metric.reason

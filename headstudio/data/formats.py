@@ -70,11 +70,11 @@ def detect_layout(root: Path) -> str:
         raise DataError(f"{root}: subject folder not found")
     if (root / "flame_params.json").exists() or any(root.glob("*/flame_params.json")):
         return "imavatar"
-    if any((root / f"transforms_{s}.json").exists() for s in ("train", "val", "test")):
-        doc = _load_json(next(root / f"transforms_{s}.json" for s in ("train", "val", "test") if (root / f"transforms_{s}.json").exists()), Problems())
-        if doc is not None and "fl_x" in doc:
-            return "insta"
-        return "nerface"
+    split_files = [root / f"transforms_{s}.json" for s in ("train", "val", "test")]
+    present = [p for p in split_files if p.exists()]
+    if present:
+        doc = _load_json(present[0], Problems())
+        return "insta" if doc is not None and "fl_x" in doc else "nerface"  # INSTA names pixel intrinsics
     if (root / "transforms.json").exists():
         return "insta"
     if (root / "source").is_dir() or any(root.glob("*/source")):
