@@ -1,0 +1,1 @@
+"""Deformation fields: observed (posed, expressive) space to canonical space."""

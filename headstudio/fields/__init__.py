@@ -1,0 +1,1 @@
+"""Canonical-space fields shared by the methods."""

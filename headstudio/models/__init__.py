@@ -1,0 +1,1 @@
+"""One nerfstudio Model per method, each assembled from the shared engine parts."""
