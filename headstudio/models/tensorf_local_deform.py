@@ -347,3 +347,12 @@ class TensoRFLocalDeformModel(Model):
             "depth": depth,
         }
         return metrics, images
+
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def observed_density(self, points: Tensor, frame: int) -> Tensor:
+        """Density at world points with the head in ``frame``'s state (for per-frame meshes)."""
+        frames = torch.full((1,), int(frame), dtype=torch.long, device=points.device)
+        _, rows = self.frame_rows(frames)
+        row = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+        return self.field.density(points + self.deform(points, row, rows).offset)
