@@ -20,8 +20,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from headstudio.flame.model import FlameModel
-
 #: DECA's 68 landmarks: 0-16 contour, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67 mouth.
 LEFT_EYE = tuple(range(36, 42))
 RIGHT_EYE = tuple(range(42, 48))
@@ -186,23 +184,22 @@ class LocalDeformationFields(nn.Module):
             w_sel = w_blend = w_full
         h_frame = self.frame_features(cond, latent, pose)  # R K H
         kk = fid.shape[1]
-        pair_point = torch.arange(n, device=points.device)[:, None].expand(n, kk).reshape(-1)
-        pair_field = fid.reshape(-1)
-        out = points.new_zeros(n * kk, 3)
-        order = torch.argsort(pair_field)
+        # Group (point, field) pairs by field so each field runs on one contiguous slice.
+        pair_field, order = torch.sort(fid.reshape(-1), stable=True)
+        pair_point = torch.div(order, kk, rounding_mode="floor")
+        x = rel[pair_point, pair_field]  # P 3
+        h0 = h_frame[row[pair_point], pair_field]  # P H
         counts = torch.bincount(pair_field, minlength=k).tolist()
-        start = 0
+        chunks, start = [], 0
         for f, cnt in enumerate(counts):
             if cnt == 0:
                 continue
-            sel = order[start : start + cnt]
-            start += cnt
-            p = pair_point[sel]
-            h = rel[p, f] @ self.w_point[f] + h_frame[row[p], f]
-            h = self.act(h)
+            h = self.act(x[start : start + cnt] @ self.w_point[f] + h0[start : start + cnt])
             for w, b in zip(self.w_hidden, self.b_hidden):
                 h = self.act(h @ w[f] + b[f])
-            out = out.index_copy(0, sel, h @ self.w_out[f] + self.b_out[f])
+            chunks.append(h @ self.w_out[f] + self.b_out[f])
+            start += cnt
+        out = torch.empty_like(x).index_copy(0, order, torch.cat(chunks))
         out = out.reshape(n, kk, 3)
         offset = (w_blend[..., None] * out).sum(1)
         control = ((1.0 - w_sel) * (out**2).sum(-1)).sum(-1)

@@ -1,0 +1,196 @@
+"""tensorf-local-deform vs its ablations and nerfstudio's built-in tensorf, same subject, same budget.
+
+    python bench/tensorf_local_deform.py [--subject DIR] [--iters 500] [--rays 1024] [--size 128]
+
+Makes (or reuses) a synthetic subject at ``--size`` px, then trains each variant for the same
+number of iterations at the same rays per batch and samples per ray, each in its own process:
+tensorf-local-deform with 34, 5 and 1 keypoint fields, and nerfstudio's ``tensorf`` on the
+same data (no deformation: the baseline). Evaluates the unseen-expression test frames
+(PSNR, SSIM, L1, LPIPS when its weights are available offline) without (†) and with
+test-time optimisation of the frame codes, and prints one table with time per iteration
+(relative to built-in tensorf) and peak memory (CUDA: max allocated; CPU: peak RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+VARIANTS = ("tensorf", "local-34", "local-5", "global-1")
+
+
+def build_config(variant: str, args, out_dir: Path):
+    from nerfstudio.configs.base_config import LoggingConfig, MachineConfig
+    from nerfstudio.engine.trainer import TrainerConfig
+
+    from headstudio.method_configs.tensorf_local_deform import tensorf_local_deform
+
+    base: TrainerConfig = tensorf_local_deform.config
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if variant == "tensorf":
+        import torchmetrics.image.lpip
+        from nerfstudio.configs.method_configs import method_configs
+        from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+
+        from headstudio.metrics.lpips import LazyLPIPS
+
+        torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity = LazyLPIPS  # no download offline
+        ref: TrainerConfig = method_configs["tensorf"]
+        cfg = TrainerConfig(**{k: getattr(ref, k) for k in ref.__dataclass_fields__})
+        cfg.pipeline = VanillaPipelineConfig(datamanager=base.pipeline.datamanager, model=ref.pipeline.model)
+        cfg.pipeline.model.camera_optimizer.mode = "off"
+        cfg.optimizers = {k: v for k, v in ref.optimizers.items() if k != "camera_opt"}
+    else:
+        cfg = base
+        cfg.pipeline.model.num_keypoints = {"local-34": 34, "local-5": 5, "global-1": 1}[variant]
+        cfg.pipeline.model.schedule_scale = args.schedule_scale
+        cfg.pipeline.test_time_steps = args.tto_steps
+        cfg.pipeline.test_time_rays = args.rays
+    model = cfg.pipeline.model
+    model.num_uniform_samples, model.num_samples = args.uniform_samples, args.samples
+    model.final_resolution = args.final_resolution
+    model.upsampling_iters = tuple(max(1, int(i * args.schedule_scale)) for i in (2000, 3000, 4000, 5500, 7000))
+    model.eval_num_rays_per_chunk = 4096
+    cfg.pipeline.datamanager.data = args.subject
+    cfg.pipeline.datamanager.dataparser.data = args.subject
+    cfg.pipeline.datamanager.train_num_rays_per_batch = args.rays
+    cfg.max_num_iterations = args.iters
+    for opt in cfg.optimizers.values():
+        if opt["scheduler"] is not None:
+            opt["scheduler"].max_steps = args.iters
+    cfg.output_dir = out_dir
+    cfg.vis = "tensorboard"
+    cfg.steps_per_save = 10**9
+    cfg.steps_per_eval_batch = cfg.steps_per_eval_image = cfg.steps_per_eval_all_images = 10**9
+    cfg.save_only_latest_checkpoint = True
+    cfg.machine = MachineConfig(device_type=device)
+    cfg.logging = LoggingConfig(local_writer=cfg.logging.local_writer)
+    cfg.logging.local_writer.enable = False
+    return cfg
+
+
+def run_variant(variant: str, args) -> dict:
+    """Train and evaluate one variant in this process; returns its row."""
+    from headstudio.metrics.images import image_metrics
+
+    torch.manual_seed(0)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"bench-{variant}-"))
+    cfg = build_config(variant, args, out_dir)
+    cfg.set_timestamp()
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    times: list[float] = []
+    step_fn = trainer.train_iteration
+
+    def timed(step: int):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        result = step_fn(step)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+        return result
+
+    trainer.train_iteration = timed
+    start = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - start
+    pipeline = trainer.pipeline
+    row = {"variant": variant, "iters": len(times), "train_s": train_s}
+    warm = times[min(10, len(times) // 5) :]
+    row["ms_per_iter"] = 1000 * sum(warm) / len(warm)
+    if torch.cuda.is_available():
+        row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        row["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    if variant == "tensorf":
+        pipeline.eval()
+        rows = []
+        with torch.no_grad():
+            for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
+                rgb = pipeline.model.get_outputs_for_camera(camera=camera)["rgb"]
+                rows.append(image_metrics(rgb, batch["image"][..., :3].to(rgb.device)))
+        for key in rows[0]:
+            row[f"{key}_dagger"] = sum(r[key] for r in rows) / len(rows)
+    else:
+        metrics = pipeline.get_average_eval_image_metrics()
+        row.update({k: v for k, v in metrics.items() if isinstance(v, float)})
+    row["eval_s"] = time.perf_counter() - start
+    return row
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subject", type=Path, default=None, help="existing subject (default: make one)")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--rays", type=int, default=1024)
+    ap.add_argument("--uniform-samples", type=int, default=128)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--final-resolution", type=int, default=128)
+    ap.add_argument("--schedule-scale", type=float, default=0.02, help="scales TensoRF's and seed 000's iterations")
+    ap.add_argument("--tto-steps", type=int, default=20)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant is not None:  # child process
+        row = run_variant(args.variant, args)
+        args.json.write_text(json.dumps(row))
+        return
+    if args.subject is None:
+        args.subject = Path(tempfile.gettempdir()) / f"hs-bench-subject-{args.size}"
+        if not args.subject.exists():
+            from headstudio.data.synth.subject import SubjectConfig, make_subject
+
+            make_subject(args.subject, SubjectConfig(size=args.size, num_train=300, num_test=100))
+    rows = []
+    for variant in args.variants.split(","):
+        out = Path(tempfile.mkstemp(suffix=".json")[1])
+        cmd = [sys.executable, __file__, "--variant", variant, "--json", str(out)]
+        for k in ("subject", "iters", "rays", "uniform_samples", "samples", "final_resolution", "schedule_scale", "tto_steps"):
+            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        print(f"[bench] {variant} ...", flush=True)
+        res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if res.returncode != 0:
+            print(res.stderr[-3000:])
+            raise SystemExit(f"{variant} failed")
+        rows.append(json.loads(out.read_text()))
+        os.unlink(out)
+        print(f"[bench] {variant}: {json.dumps(rows[-1])}", flush=True)
+    base = next((r["ms_per_iter"] for r in rows if r["variant"] == "tensorf"), None)
+    print(
+        f"\nsubject {args.subject} ({args.size} px), {args.iters} iterations x {args.rays} rays, "
+        f"{args.uniform_samples}+{args.samples} samples/ray, grid -> {args.final_resolution}^3, "
+        f"test-time steps {args.tto_steps}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
+    head = "| variant | PSNR† | SSIM† | L1† | LPIPS† | PSNR | SSIM | L1 | LPIPS | ms/iter | x tensorf | peak MB |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        ratio = r["ms_per_iter"] / base if base else None
+        print(
+            f"| {r['variant']} | {fmt(r.get('psnr_dagger'), '.2f')} | {fmt(r.get('ssim_dagger'), '.3f')} | "
+            f"{fmt(r.get('l1_dagger'), '.4f')} | {fmt(r.get('lpips_dagger'), '.3f')} | {fmt(r.get('psnr'), '.2f')} | "
+            f"{fmt(r.get('ssim'), '.3f')} | {fmt(r.get('l1'), '.4f')} | {fmt(r.get('lpips'), '.3f')} | "
+            f"{r['ms_per_iter']:.0f} | {fmt(ratio, '.2f')} | {r['peak_mem_mb']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
