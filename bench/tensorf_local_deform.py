@@ -49,6 +49,10 @@ def build_config(variant: str, args, out_dir: Path):
         cfg.pipeline = VanillaPipelineConfig(datamanager=base.pipeline.datamanager, model=ref.pipeline.model)
         cfg.pipeline.model.camera_optimizer.mode = "off"
         cfg.optimizers = {k: v for k, v in ref.optimizers.items() if k != "camera_opt"}
+        # Same grid schedule as ours (whose model scales its own iterations by schedule_scale).
+        cfg.pipeline.model.upsampling_iters = tuple(
+            max(1, int(round(i * args.schedule_scale))) for i in (2000, 3000, 4000, 5500, 7000)
+        )
     else:
         cfg = base
         cfg.pipeline.model.num_keypoints = {"local-34": 34, "local-5": 5, "global-1": 1}[variant]
@@ -58,7 +62,6 @@ def build_config(variant: str, args, out_dir: Path):
     model = cfg.pipeline.model
     model.num_uniform_samples, model.num_samples = args.uniform_samples, args.samples
     model.final_resolution = args.final_resolution
-    model.upsampling_iters = tuple(max(1, int(i * args.schedule_scale)) for i in (2000, 3000, 4000, 5500, 7000))
     model.eval_num_rays_per_chunk = 4096
     cfg.pipeline.datamanager.data = args.subject
     cfg.pipeline.datamanager.dataparser.data = args.subject
