@@ -37,13 +37,12 @@ def build_config(variant: str, args, out_dir: Path):
     base: TrainerConfig = tensorf_local_deform.config
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if variant == "tensorf":
-        import torchmetrics.image.lpip
         from nerfstudio.configs.method_configs import method_configs
         from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
-        from headstudio.metrics.lpips import LazyLPIPS
+        from headstudio.metrics.lpips import patch_torchmetrics_lpips
 
-        torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity = LazyLPIPS  # no download offline
+        patch_torchmetrics_lpips()  # nerfstudio's tensorf builds LPIPS eagerly: no download offline
         ref: TrainerConfig = method_configs["tensorf"]
         cfg = TrainerConfig(**{k: getattr(ref, k) for k in ref.__dataclass_fields__})
         cfg.pipeline = VanillaPipelineConfig(datamanager=base.pipeline.datamanager, model=ref.pipeline.model)

@@ -3,11 +3,9 @@ downloaded here); used by the test that trains nerfstudio's nerfacto on our data
 
 import sys
 
-import torchmetrics.image.lpip
+from headstudio.metrics.lpips import patch_torchmetrics_lpips
 
-from headstudio.metrics.lpips import LazyLPIPS
-
-torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity = LazyLPIPS
+patch_torchmetrics_lpips()
 
 if __name__ == "__main__":
     from nerfstudio.scripts.train import entrypoint

@@ -54,3 +54,10 @@ class LazyLPIPS(nn.Module):
             return torch.tensor(float("nan"))
         self._metric = self._metric.to(preds.device)
         return self._metric(preds, target)
+
+
+def patch_torchmetrics_lpips() -> None:
+    """Make nerfstudio's built-in models (which build torchmetrics LPIPS eagerly) use LazyLPIPS."""
+    import torchmetrics.image.lpip
+
+    torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity = LazyLPIPS
