@@ -35,8 +35,8 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
-from nerfstudio.models.base_model import Model, ModelConfig
-from nerfstudio.utils import colormaps, colors, misc
+from nerfstudio.models.base_model import ModelConfig
+from nerfstudio.utils import colors, misc
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -50,8 +50,8 @@ from headstudio.deformers.local_fields import (
 from headstudio.deformers.mesh_prior import sample_mesh_prior
 from headstudio.fields.tensorf import TensoRFCanonicalField, upsampling_resolutions
 from headstudio.latent_codes import FrameCodes
-from headstudio.metrics.images import image_metrics
-from headstudio.models.subject_state import SubjectState
+from headstudio.models.head_model import HeadModel
+from headstudio.rendering.deformed_sampling import strided_offsets
 
 
 @dataclass
@@ -124,7 +124,7 @@ class TensoRFLocalDeformModelConfig(ModelConfig):
         return max(1, int(round(iters * self.schedule_scale)))
 
 
-class TensoRFLocalDeformModel(Model):
+class TensoRFLocalDeformModel(HeadModel):
     """Model of tensorf-local-deform; see the module docstring."""
 
     config: TensoRFLocalDeformModelConfig
@@ -132,7 +132,6 @@ class TensoRFLocalDeformModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         cfg = self.config
-        self.subject = SubjectState(self.kwargs["metadata"])
         self.step = 0
         # Keypoints as combinations of the 68 landmarks; neutral positions set the scales.
         self.register_buffer("keypoint_rows", keypoint_selection(cfg.num_keypoints), persistent=False)
@@ -260,21 +259,12 @@ class TensoRFLocalDeformModel(Model):
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         frames = self.subject.frame_of(ray_bundle)
         ray_row, rows = self.frame_rows(frames)
-        n_rays = frames.shape[0]
         samples = self.sampler_uniform(ray_bundle)
         with torch.no_grad():
             pos = samples.frustums.get_positions()  # R S 3
-            s = pos.shape[1]
-            n_sparse = max(2, (s - 1) // max(1, self.config.coarse_deform_stride) + 1)
-            if n_sparse < s:
-                sparse = F.interpolate(pos.permute(0, 2, 1), size=n_sparse, mode="linear", align_corners=True)
-                sparse = sparse.permute(0, 2, 1)
-            else:
-                sparse = pos
-            point_row = ray_row[:, None].expand(-1, sparse.shape[1]).reshape(-1)
-            off = self.deform(sparse.reshape(-1, 3), point_row, rows).offset.reshape(n_rays, -1, 3)
-            if n_sparse < s:
-                off = F.interpolate(off.permute(0, 2, 1), size=s, mode="linear", align_corners=True).permute(0, 2, 1)
+            off = strided_offsets(
+                pos, ray_row, lambda x, row: self.deform(x, row, rows).offset, self.config.coarse_deform_stride
+            )
             density = self.field.density(pos + off)
             weights = samples.get_weights(density)
             active = self.renderer_accumulation(weights).reshape(-1) >= 1e-4
@@ -306,11 +296,7 @@ class TensoRFLocalDeformModel(Model):
             outputs["frame_rows"] = rows
         return outputs
 
-    # ------------------------------------------------------------------ losses and metrics
-    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        image = batch["image"][..., :3].to(outputs["rgb"].device)
-        return {"psnr": -10.0 * torch.log10(F.mse_loss(outputs["rgb"], image).clamp_min(1e-10))}
-
+    # ------------------------------------------------------------------ losses
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"][..., :3].to(outputs["rgb"].device)
         loss = {
@@ -333,20 +319,6 @@ class TensoRFLocalDeformModel(Model):
         )
         offset = self.deform(points, row, rows).offset
         return F.mse_loss(offset, targets)
-
-    def get_image_metrics_and_images(
-        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
-    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        image = batch["image"][..., :3].to(outputs["rgb"].device)
-        rgb = outputs["rgb"]
-        metrics = image_metrics(rgb, image)
-        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
-        images = {
-            "img": torch.cat([image, rgb], dim=1),
-            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
-            "depth": depth,
-        }
-        return metrics, images
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()

@@ -1,0 +1,45 @@
+"""What every headstudio head model shares: the subject's per-frame state and the image metrics.
+
+A method's model subclasses :class:`HeadModel`, builds its fields in ``populate_modules``
+(calling ``super().populate_modules()`` first, which sets ``self.subject``) and renders
+``rgb``, ``accumulation`` and ``depth``; evaluation images and metrics are the same for all.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.models.base_model import Model
+from nerfstudio.utils import colormaps
+from torch import Tensor
+
+from headstudio.metrics.images import image_metrics
+from headstudio.models.subject_state import SubjectState
+
+
+class HeadModel(Model):
+    """nerfstudio Model with a :class:`SubjectState` (``self.subject``) and the papers' metrics."""
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        self.subject = SubjectState(self.kwargs["metadata"])
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        image = batch["image"][..., :3].to(outputs["rgb"].device)
+        return {"psnr": -10.0 * torch.log10(F.mse_loss(outputs["rgb"], image).clamp_min(1e-10))}
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        image = batch["image"][..., :3].to(outputs["rgb"].device)
+        rgb = outputs["rgb"]
+        metrics = image_metrics(rgb, image)
+        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
+        images = {
+            "img": torch.cat([image, rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": depth,
+        }
+        return metrics, images

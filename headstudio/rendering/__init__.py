@@ -1,0 +1,1 @@
+"""Rendering parts shared by the methods."""
