@@ -1,0 +1,207 @@
+"""rignerf-star: 3DMM-guided deformation, nearest-vertex search, model, ns-train / ns-eval / export."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headstudio.deformers.rignerf import RigNeRFDeformation, guided_displacement
+from headstudio.export.ply import read_ply
+from headstudio.nearest import NearestVertex, nearest_vertex_bruteforce
+
+BIN = Path(sys.executable).parent
+
+
+def _meshes(flame):
+    """Two frames of the procedural FLAME mesh (a smile, an open jaw) and the neutral mesh."""
+    flame = flame.float()
+    expr = torch.zeros(3, 50)
+    expr[0, 0] = 2.0
+    pose = torch.zeros(3, 15)
+    pose[1, 6] = 0.3
+    verts = flame(expression=expr, pose=pose).vertices * 4.0
+    return verts[:2], verts[2]
+
+
+@pytest.mark.parametrize("backend", ["kdtree", "torch"])
+def test_nearest_vertex_backends_match_brute_force(backend):
+    torch.manual_seed(0)
+    table = torch.randn(3, 200, 3)
+    pts = torch.randn(500, 3)
+    frame = torch.randint(0, 3, (500,))
+    idx, dist = NearestVertex(backend)(pts, frame, table)
+    ref_idx, ref_dist = nearest_vertex_bruteforce(pts, frame, table)
+    assert torch.equal(idx, ref_idx)
+    assert torch.allclose(dist, ref_dist, atol=1e-5)
+    assert torch.allclose(dist, (pts - table[frame, idx]).norm(dim=-1), atol=1e-5)
+
+
+def test_guided_displacement_is_the_mesh_displacement_on_the_mesh(flame):
+    guide, neutral = _meshes(flame)
+    nearest = NearestVertex()
+    moving = (neutral - guide[0]).norm(dim=-1) > 1e-3  # vertices the smile moves
+    assert moving.sum() > 50
+    vid = torch.nonzero(moving).reshape(-1)
+    frame = torch.zeros_like(vid)
+    disp = guided_displacement(guide[0, vid], frame, guide, neutral, nearest)
+    assert torch.allclose(disp, neutral[vid] - guide[0, vid], atol=1e-6)
+    # The other frame (open jaw) has its own mesh and displacement.
+    jaw = torch.nonzero((neutral - guide[1]).norm(dim=-1) > 1e-2).reshape(-1)
+    disp1 = guided_displacement(guide[1, jaw], torch.ones_like(jaw), guide, neutral, nearest)
+    assert torch.allclose(disp1, neutral[jaw] - guide[1, jaw], atol=1e-6)
+
+
+def test_guided_displacement_decays_away_from_the_mesh():
+    # A mesh of two far-apart vertices: the nearest vertex stays the same as a point moves away.
+    guide = torch.tensor([[[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]])
+    neutral = torch.tensor([[0.0, 0.1, 0.0], [10.0, 0.0, 0.0]])
+    d = torch.tensor([0.0, 0.1, 0.5, 1.0, 2.0])
+    pts = torch.stack([torch.zeros_like(d), torch.zeros_like(d), d], dim=-1)
+    disp = guided_displacement(pts, torch.zeros(5, dtype=torch.long), guide, neutral, NearestVertex(), falloff=1.0)
+    assert torch.allclose(disp[:, 1], 0.1 * torch.exp(-d))
+    assert (disp[1:, 1] < disp[:-1, 1]).all()
+    assert torch.allclose(disp[:, [0, 2]], torch.zeros(5, 2))
+
+
+def test_residual_is_near_zero_at_init_and_trainable():
+    torch.manual_seed(0)
+    deformer = RigNeRFDeformation(latent_dim=8)
+    pts, guided = torch.randn(64, 3) * 0.5, torch.randn(64, 3) * 0.05
+    latent = torch.randn(64, 8, requires_grad=True)
+    out = deformer(pts, guided, latent)
+    assert (out - guided).abs().max() < 1e-3  # starts from the 3DMM displacement
+    out.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in deformer.parameters())
+    assert latent.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------- the model
+@pytest.fixture(scope="module")
+def pipeline(subjects):
+    from headstudio.method_configs.rignerf_star import rignerf_star
+
+    cfg = copy.deepcopy(rignerf_star.config)
+    cfg.pipeline.datamanager.train_num_rays_per_batch = 256
+    cfg.pipeline.datamanager.data = subjects["imavatar"]
+    cfg.pipeline.datamanager.dataparser.data = subjects["imavatar"]
+    model = cfg.pipeline.model
+    model.layer_width, model.num_coarse_samples, model.num_importance_samples = 64, 32, 16
+    return cfg.pipeline.setup(device="cpu", test_mode="val")
+
+
+def test_param_groups_match_the_optimizers(pipeline):
+    from headstudio.method_configs.rignerf_star import rignerf_star
+
+    assert set(pipeline.get_param_groups()) == set(rignerf_star.config.optimizers)
+    assert rignerf_star.config.pipeline.datamanager.train_num_rays_per_batch == 1550  # seed 000
+
+
+def test_guide_is_the_frame_mesh_without_head_pose(pipeline):
+    model = pipeline.model
+    track = model.subject.track
+    assert torch.equal(model.guide_vertices, track.vertices)  # global rotation folded into the camera
+    assert (track.pose[:, :3] == 0).all()
+
+
+def test_rendering_gradients_reach_deformation_codes_and_field(pipeline):
+    model = pipeline.model
+    model.train()
+    model.zero_grad(set_to_none=True)
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    losses = model.get_loss_dict(model(ray_bundle), batch)
+    assert set(losses) == set(model.config.loss_coefficients)
+    sum(losses.values()).backward()
+    last = model.deformer.mlp.layers[-1]
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
+    assert model.deformation_codes.codes.grad.abs().sum() > 0
+    assert model.appearance_codes.codes.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.field.mlp_base.parameters())
+
+
+def test_unfolded_head_pose_is_refused(subjects):
+    from headstudio.method_configs.rignerf_star import rignerf_star
+
+    cfg = copy.deepcopy(rignerf_star.config)
+    cfg.pipeline.datamanager.data = subjects["imavatar"]
+    cfg.pipeline.datamanager.dataparser.data = subjects["imavatar"]
+    cfg.pipeline.datamanager.dataparser.fold_head_pose = False
+    cfg.pipeline.model.layer_width = 32
+    with pytest.raises(ValueError, match="folds the tracked head pose"):
+        cfg.pipeline.setup(device="cpu", test_mode="val")
+
+
+# ---------------------------------------------------------------------------------- end to end
+FAST = [
+    "--machine.device-type", "cpu", "--max-num-iterations", "30", "--vis", "tensorboard",
+    "--steps-per-save", "1000", "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000",
+    "--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.model.eval-num-rays-per-chunk", "2048",
+    "--pipeline.model.layer-width", "64", "--pipeline.model.num-coarse-samples", "32",
+    "--pipeline.model.num-importance-samples", "16", "--pipeline.test-time-steps", "3",
+    "--pipeline.test-time-rays", "256",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(subjects, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    res = subprocess.run(
+        [str(BIN / "ns-train"), "rignerf-star", *FAST, "--output-dir", str(out), "--data", str(subjects["imavatar"])],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    (config,) = out.rglob("config.yml")
+    return config
+
+
+def test_ns_train_checkpoints(trained):
+    (ckpt,) = (trained.parent / "nerfstudio_models").glob("step-*.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert any(k.endswith("deformer.mlp.layers.5.weight") for k in state["pipeline"])
+
+
+def test_ns_eval_writes_both_protocols(trained, tmp_path):
+    out = tmp_path / "eval.json"
+    res = subprocess.run(
+        [str(BIN / "ns-eval"), "--load-config", str(trained), "--output-path", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    for key in ("psnr", "ssim", "l1", "psnr_dagger", "ssim_dagger", "l1_dagger"):
+        assert np.isfinite(results[key]), key
+    assert 0 < results["psnr_dagger"] < 60 and results["test_time_steps"] == 3
+
+
+def test_hs_export_writes_a_mesh(trained, tmp_path):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from headstudio.export.density_mesh import density_grid
+
+    # 30 iterations leave a faint field: mesh it halfway between its extremes.
+    _, pipeline, _, _ = eval_setup(trained, test_mode="test")
+    values = density_grid(lambda x: pipeline.model.observed_density(x, 1), pipeline.model.scene_box.aabb, 24)
+    level = 0.5 * (values.min() + values.max())
+    res = subprocess.run(
+        [str(BIN / "hs-export"), "mesh", "--load-config", str(trained), "--frames", "1", "--resolution", "32",
+         "--level", f"{level:.6f}", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    verts, faces = read_ply(tmp_path / "frame_00001.ply")
+    assert len(verts) > 0 and len(faces) > 0
+
+
+def test_registered_with_nerfstudio():
+    from nerfstudio.plugins.registry import discover_methods
+
+    methods, _ = discover_methods()
+    cfg = methods["rignerf-star"]
+    assert cfg.pipeline.datamanager.dataparser.__class__.__name__ == "FlameVideoDataParserConfig"
+    assert cfg.pipeline.datamanager.dataparser.fold_head_pose
