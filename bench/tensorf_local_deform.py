@@ -1,11 +1,12 @@
-"""tensorf-local-deform vs its ablations and nerfstudio's built-in tensorf, same subject, same budget.
+"""tensorf-local-deform vs its ablations, RigNeRF* and nerfstudio's tensorf: same subject, same budget.
 
     python bench/tensorf_local_deform.py [--subject DIR] [--iters 500] [--rays 1024] [--size 128]
 
 Makes (or reuses) a synthetic subject at ``--size`` px, then trains each variant for the same
 number of iterations at the same rays per batch and samples per ray, each in its own process:
-tensorf-local-deform with 34, 5 and 1 keypoint fields, and nerfstudio's ``tensorf`` on the
-same data (no deformation: the baseline). Evaluates the unseen-expression test frames
+tensorf-local-deform with 34, 5 and 1 keypoint fields, rignerf-star (seed 000's RigNeRF*,
+``--rignerf-width`` trunk) and nerfstudio's ``tensorf`` on the same data (no deformation:
+the baseline). Evaluates the unseen-expression test frames
 (PSNR, SSIM, L1, LPIPS when its weights are available offline) without (†) and with
 test-time optimisation of the frame codes, and prints one table with time per iteration
 (relative to built-in tensorf) and peak memory (CUDA: max allocated; CPU: peak RSS).
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = ("tensorf", "local-34", "local-5", "global-1")
+VARIANTS = ("tensorf", "local-34", "local-5", "global-1", "rignerf-star")
 
 
 def build_config(variant: str, args, out_dir: Path):
@@ -52,6 +53,12 @@ def build_config(variant: str, args, out_dir: Path):
         cfg.pipeline.model.upsampling_iters = tuple(
             max(1, int(round(i * args.schedule_scale))) for i in (2000, 3000, 4000, 5500, 7000)
         )
+    elif variant == "rignerf-star":
+        from headstudio.method_configs.rignerf_star import rignerf_star
+
+        cfg = rignerf_star.config
+        cfg.pipeline.test_time_steps = args.tto_steps
+        cfg.pipeline.test_time_rays = args.rays
     else:
         cfg = base
         cfg.pipeline.model.num_keypoints = {"local-34": 34, "local-5": 5, "global-1": 1}[variant]
@@ -59,8 +66,12 @@ def build_config(variant: str, args, out_dir: Path):
         cfg.pipeline.test_time_steps = args.tto_steps
         cfg.pipeline.test_time_rays = args.rays
     model = cfg.pipeline.model
-    model.num_uniform_samples, model.num_samples = args.uniform_samples, args.samples
-    model.final_resolution = args.final_resolution
+    if variant == "rignerf-star":
+        model.num_coarse_samples, model.num_importance_samples = args.uniform_samples, args.samples
+        model.layer_width = args.rignerf_width
+    else:
+        model.num_uniform_samples, model.num_samples = args.uniform_samples, args.samples
+        model.final_resolution = args.final_resolution
     model.eval_num_rays_per_chunk = 4096
     cfg.pipeline.datamanager.data = args.subject
     cfg.pipeline.datamanager.dataparser.data = args.subject
@@ -147,6 +158,10 @@ def main() -> None:
     ap.add_argument("--final-resolution", type=int, default=128)
     ap.add_argument("--schedule-scale", type=float, default=0.02, help="scales TensoRF's and seed 000's iterations")
     ap.add_argument("--tto-steps", type=int, default=20)
+    ap.add_argument(
+        "--rignerf-width", type=int, default=256 if torch.cuda.is_available() else 128,
+        help="rignerf-star's NeRF trunk width (NeRF: 256; 128 by default on CPU, for time)",
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
@@ -165,7 +180,9 @@ def main() -> None:
     for variant in args.variants.split(","):
         out = Path(tempfile.mkstemp(suffix=".json")[1])
         cmd = [sys.executable, __file__, "--variant", variant, "--json", str(out)]
-        for k in ("subject", "iters", "rays", "uniform_samples", "samples", "final_resolution", "schedule_scale", "tto_steps"):
+        keys = ("subject", "iters", "rays", "uniform_samples", "samples", "final_resolution", "schedule_scale",
+                "tto_steps", "rignerf_width")  # fmt: skip
+        for k in keys:
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         print(f"[bench] {variant} ...", flush=True)
         res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -179,7 +196,7 @@ def main() -> None:
     print(
         f"\nsubject {args.subject} ({args.size} px), {args.iters} iterations x {args.rays} rays, "
         f"{args.uniform_samples}+{args.samples} samples/ray, grid -> {args.final_resolution}^3, "
-        f"test-time steps {args.tto_steps}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+        f"test-time steps {args.tto_steps}, rignerf-star trunk width {args.rignerf_width}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
     )
     head = "| variant | PSNR† | SSIM† | L1† | LPIPS† | PSNR | SSIM | L1 | LPIPS | ms/iter | x tensorf | peak MB |"
     print(head)
