@@ -125,6 +125,23 @@ def test_rendering_gradients_reach_deformation_codes_and_field(pipeline):
     assert all(p.grad is not None for p in model.field.mlp_base.parameters())
 
 
+def test_viewer_camera_renders_the_slider_frame(pipeline):
+    model = pipeline.model
+    camera = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
+    camera.metadata = None  # what the viewer sends: no frame
+    camera.rescale_output_resolution(0.5)
+    model.eval()
+    images = []
+    for frame in (0, 3):
+        model.subject.viewer_frame.value = frame
+        torch.manual_seed(0)
+        rgb = model.get_outputs_for_camera(camera)["rgb"]
+        assert rgb.shape == (32, 32, 3) and torch.isfinite(rgb).all()
+        images.append(rgb)
+    model.subject.viewer_frame.value = model.subject.default_frame
+    assert not torch.equal(images[0], images[1])  # the slider's frame (guide mesh, codes) is used
+
+
 def test_unfolded_head_pose_is_refused(subjects):
     from headstudio.method_configs.rignerf_star import rignerf_star
 
