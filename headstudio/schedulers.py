@@ -35,3 +35,23 @@ class ExponentialDecay(Scheduler):
             return float(math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t) / lr_init)
 
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+
+
+@dataclass
+class StepDecayConfig(ExponentialDecaySchedulerConfig):
+    """Constant rate multiplied by ``gamma`` once ``milestone_fraction`` of ``max_steps`` have passed."""
+
+    _target: Type = field(default_factory=lambda: StepDecay)
+    gamma: float = 0.5
+    """Factor applied at the milestone (IMavatar supp. 2.6: halved)."""
+    milestone_fraction: float = 2.0 / 3.0
+    """Where the drop happens (IMavatar supp. 2.6: epoch 40 of 60)."""
+
+
+class StepDecay(Scheduler):
+    config: StepDecayConfig
+
+    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
+        milestone = int(round(self.config.milestone_fraction * max(1, self.config.max_steps)))
+        gamma = float(self.config.gamma)
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda step: gamma if step >= milestone else 1.0)

@@ -1,0 +1,217 @@
+"""IMavatar's three canonical fields (seed 002 §3.2, supplement §2.2, Fig. 7).
+
+- :class:`GeometryNetwork`: canonical surface, positional encoding (6 frequencies) and a
+  per-frame latent code (32), softplus(beta=100) layers with weight normalisation, a skip
+  to the input at the middle layer, geometric initialisation to a sphere (Atzmon & Lipman).
+  Output: the signed distance (surface at 0; occupancy is ``sigmoid(-alpha * sdf)``, so the
+  paper's occupancy level 0.5 is the same surface) and a feature vector for the texture.
+- :class:`DeformationNetwork`: on the canonical point only, expression blendshapes
+  ``E`` (n_e x 3), pose correctives ``P`` (4 joints x 9 x 3) and skinning weights ``W`` (5),
+  initialised to zero blendshapes and uniform weights.
+- :class:`TextureNetwork`: colour from the canonical point, the deformed normal (eq. 6),
+  jaw pose and expression, and the geometry feature; ReLU layers.
+
+Points enter the networks divided by ``scene_scale`` (the head fits the unit sphere); the
+blendshapes and correctives are in world units per unit coefficient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.field_components.encodings import NeRFEncoding
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+def _encoding(frequencies: int) -> Optional[NeRFEncoding]:
+    if frequencies <= 0:
+        return None
+    return NeRFEncoding(
+        in_dim=3, num_frequencies=frequencies, min_freq_exp=0.0, max_freq_exp=frequencies - 1.0, include_input=True
+    )
+
+
+def _encode(encoding: Optional[NeRFEncoding], x: Tensor) -> Tensor:
+    """``[x, sin/cos features]``: the raw point first (nerfstudio appends it last)."""
+    if encoding is None:
+        return x
+    return torch.cat([x, encoding(x)[..., :-3]], dim=-1)
+
+
+def _linear(in_dim: int, out_dim: int, use_weight_norm: bool, init=None) -> nn.Module:
+    lin = nn.Linear(in_dim, out_dim)
+    if init is not None:
+        init(lin)
+    return weight_norm(lin) if use_weight_norm else lin
+
+
+class GeometryNetwork(nn.Module):
+    """Canonical SDF with a feature vector: ``(x, l) -> (sdf, z)``."""
+
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        feature_dim: int = 256,
+        dims: Sequence[int] = (512,) * 8,
+        skip_in: Sequence[int] = (4,),
+        frequencies: int = 6,
+        radius: float = 0.6,
+        scene_scale: float = 1.0,
+        use_weight_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.scene_scale, self.latent_dim, self.feature_dim = scene_scale, latent_dim, feature_dim
+        self.encoding = _encoding(frequencies)
+        enc_dim = self.encoding.get_out_dim() if self.encoding is not None else 3
+        in_dim = enc_dim + latent_dim
+        sizes = [in_dim, *dims, 1 + feature_dim]
+        self.skip_in = tuple(skip_in)
+        for i in self.skip_in:
+            if not 0 < i < len(sizes) - 1 or sizes[i] <= in_dim:
+                raise ValueError(
+                    f"geometry skip at layer {i} needs a layer wider than the input ({in_dim}); got widths {list(dims)}"
+                )
+        layers = []
+        for i in range(len(sizes) - 1):
+            out_dim = sizes[i + 1] - in_dim if (i + 1) in self.skip_in else sizes[i + 1]
+            last = i == len(sizes) - 2
+
+            def init(lin: nn.Linear, i=i, last=last, out_dim=out_dim) -> None:
+                if last:  # the sphere of the given radius: sdf(x) ~ |x| - r
+                    nn.init.normal_(lin.weight, mean=math.sqrt(math.pi) / math.sqrt(sizes[i]), std=1e-4)
+                    nn.init.constant_(lin.bias, -radius)
+                    return
+                nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0) / math.sqrt(out_dim))
+                nn.init.zeros_(lin.bias)
+                if i == 0:  # only xyz counts at the start: encodings and latent begin silent
+                    nn.init.zeros_(lin.weight[:, 3:])
+                elif i in self.skip_in:  # the skipped-in encodings and latent, too
+                    nn.init.zeros_(lin.weight[:, -(in_dim - 3) :])
+
+            layers.append(_linear(sizes[i], out_dim, use_weight_norm, init))
+        self.layers = nn.ModuleList(layers)
+        self.softplus = nn.Softplus(beta=100)
+
+    def forward(
+        self, points: Float[Tensor, "N 3"], latent: Optional[Float[Tensor, "N L"]] = None
+    ) -> Tuple[Float[Tensor, "N"], Float[Tensor, "N F"]]:
+        x = points / self.scene_scale
+        h = _encode(self.encoding, x)
+        if self.latent_dim:
+            latent = h.new_zeros(h.shape[0], self.latent_dim) if latent is None else latent.expand(h.shape[0], -1)
+            h = torch.cat([h, latent], dim=-1)
+        inp, y = h, h
+        for i, layer in enumerate(self.layers):
+            if i in self.skip_in:
+                y = torch.cat([y, inp], dim=-1) / math.sqrt(2.0)
+            y = layer(y)
+            if i < len(self.layers) - 1:
+                y = self.softplus(y)
+        return y[:, 0] * self.scene_scale, y[:, 1:]
+
+    def sdf(self, points: Float[Tensor, "N 3"], latent: Optional[Tensor] = None) -> Float[Tensor, "N"]:
+        return self.forward(points, latent)[0]
+
+    def gradient(
+        self, points: Float[Tensor, "N 3"], latent: Optional[Tensor] = None, create_graph: bool = True
+    ) -> Tuple[Float[Tensor, "N"], Float[Tensor, "N F"], Float[Tensor, "N 3"]]:
+        """SDF, feature and d sdf / d x (the canonical normal direction)."""
+        with torch.enable_grad():
+            x = points if points.requires_grad else points.detach().requires_grad_(True)
+            sdf, feat = self.forward(x, latent)
+            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
+        return sdf, feat, grad
+
+
+class DeformationNetwork(nn.Module):
+    """Canonical point -> expression blendshapes, pose correctives and skinning weights."""
+
+    def __init__(
+        self,
+        num_expression: int = 50,
+        num_pose_features: int = 36,
+        num_joints: int = 5,
+        dims: Sequence[int] = (128,) * 4,
+        frequencies: int = 0,
+        weight_temperature: float = 20.0,
+        scene_scale: float = 1.0,
+        use_weight_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_expression, self.num_pose_features, self.num_joints = num_expression, num_pose_features, num_joints
+        self.scene_scale, self.weight_temperature = scene_scale, weight_temperature
+        self.encoding = _encoding(frequencies)
+        in_dim = self.encoding.get_out_dim() if self.encoding is not None else 3
+        sizes = [in_dim, *dims]
+
+        def init(lin: nn.Linear) -> None:
+            nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0) / math.sqrt(lin.out_features))
+            nn.init.zeros_(lin.bias)
+
+        self.layers = nn.ModuleList(_linear(sizes[i], sizes[i + 1], use_weight_norm, init) for i in range(len(dims)))
+        width = sizes[-1]
+        self.blendshapes = nn.Linear(width, 3 * (num_expression + num_pose_features))
+        self.skinning_hidden = _linear(width, width, use_weight_norm, init)
+        self.skinning = nn.Linear(width, num_joints)
+        for lin in (self.blendshapes, self.skinning):  # zero blendshapes, uniform weights
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.softplus = nn.Softplus(beta=100)
+
+    def forward(
+        self, points: Float[Tensor, "N 3"]
+    ) -> Tuple[Float[Tensor, "N 3 E"], Float[Tensor, "N 3 P"], Float[Tensor, "N J"]]:
+        """``(E, P, W)``: expression dirs, pose-corrective dirs (FLAME layout) and skinning weights."""
+        x = points / self.scene_scale
+        h = _encode(self.encoding, x)
+        for layer in self.layers:
+            h = self.softplus(layer(h))
+        shapes = self.blendshapes(h) * self.scene_scale
+        n_e = self.num_expression
+        expr_dirs = shapes[:, : 3 * n_e].reshape(-1, 3, n_e)
+        pose_dirs = shapes[:, 3 * n_e :].reshape(-1, 3, self.num_pose_features)
+        logits = self.skinning(self.softplus(self.skinning_hidden(h)))
+        return expr_dirs, pose_dirs, F.softmax(self.weight_temperature * logits, dim=-1)
+
+
+class TextureNetwork(nn.Module):
+    """Colour from canonical point, deformed normal, jaw pose, expression and geometry feature."""
+
+    def __init__(
+        self,
+        condition_dim: int = 53,
+        feature_dim: int = 256,
+        dims: Sequence[int] = (512,) * 4,
+        frequencies: int = 4,
+        scene_scale: float = 1.0,
+        use_weight_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.scene_scale = scene_scale
+        self.encoding = _encoding(frequencies)
+        enc_dim = self.encoding.get_out_dim() if self.encoding is not None else 3
+        sizes = [enc_dim + 3 + condition_dim + feature_dim, *dims, 3]
+        self.layers = nn.ModuleList(
+            _linear(sizes[i], sizes[i + 1], use_weight_norm and i < len(sizes) - 2) for i in range(len(sizes) - 1)
+        )
+
+    def forward(
+        self,
+        points: Float[Tensor, "N 3"],
+        normals: Float[Tensor, "N 3"],
+        condition: Float[Tensor, "N C"],
+        feature: Float[Tensor, "N F"],
+    ) -> Float[Tensor, "N 3"]:
+        x = points / self.scene_scale
+        h = _encode(self.encoding, x)
+        h = torch.cat([h, normals, condition, feature], dim=-1)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = F.relu(h)
+        return torch.sigmoid(h)

@@ -1,0 +1,307 @@
+"""imavatar-surface: IMavatar (Zheng et al., CVPR 2022, seed 002) as a nerfstudio model.
+
+The whole story:
+
+1. Three canonical fields (``headstudio/fields/imavatar.py``): a geometry network (SDF with
+   a per-frame latent code), a deformation network giving expression blendshapes, pose
+   correctives and skinning weights at each canonical point, and a texture network.
+2. The forward map is FLAME's LBS with those fields (``headstudio/deformers/forward_skinning.py``,
+   on the engine's ``headstudio.flame.lbs``); canonical pose: jaw pitch 0.2.
+3. Each pixel's ray is marched in deformed space; samples find their canonical
+   correspondences by batched Broyden from the shoulder, head and jaw bones' inverse
+   transforms; the first crossing of the surface is refined by secant steps
+   (``headstudio/rendering/implicit_surface.py``).
+4. The surface point gets its gradient by implicit differentiation of
+   ``[sdf(x_c) = 0, w(x_c) on the ray]`` (eq. 8-10, ``headstudio/root_finding.py``); rays that
+   miss take the mask loss at their smallest-SDF sample, whose correspondence
+   ``w(x_c) = x_d*`` is differentiated the same way.
+5. Colour from the canonical point, the deformed normal (eq. 6), jaw pose and expression.
+6. Losses: RGB L1 on hit pixels, mask cross-entropy (weight 2), FLAME pseudo ground truth for
+   E, P, W from the nearest canonical FLAME vertex (weights 1000, 1000, 0.1); eq. 11-14.
+
+The surface is the zero level of an SDF; the paper's occupancy is ``sigmoid(-alpha sdf)``,
+whose 0.5 level is that same surface (see the config's ``occupancy_sharpness``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.models.base_model import ModelConfig
+from nerfstudio.utils import colors
+from torch import Tensor
+from torch.nn import Parameter
+
+from headstudio.deformers.forward_skinning import CANONICAL_JAW_PITCH, ForwardSkinning
+from headstudio.fields.imavatar import DeformationNetwork, GeometryNetwork, TextureNetwork
+from headstudio.latent_codes import FrameCodes
+from headstudio.models.head_model import HeadModel
+from headstudio.nearest import NearestVertex
+from headstudio.rendering.implicit_surface import march, ray_box
+from headstudio.root_finding import implicit_root
+
+
+@dataclass
+class IMavatarSurfaceModelConfig(ModelConfig):
+    """IMavatar (seed 002). Sizes the paper shows only in its Fig. 7 come from the authors' public configuration."""
+
+    _target: Type = field(default_factory=lambda: IMavatarSurfaceModel)
+    # --- fields
+    latent_dim: int = 32
+    """Per-frame latent code of the geometry network (supp. 2.2: l in R^32)."""
+    geometry_dims: Tuple[int, ...] = (512,) * 8
+    """Geometry MLP hidden layers (supp. Fig. 7; public configuration: 8 x 512)."""
+    geometry_skip: Tuple[int, ...] = (4,)
+    """Layer that re-reads the input (public configuration: 4)."""
+    geometry_frequencies: int = 6
+    """Positional-encoding frequencies of the geometry network (supp. 2.2: 6)."""
+    geometry_init_radius: float = 0.6
+    """Sphere of the geometric initialisation, in units of the scene's half-size (public configuration: 0.6)."""
+    feature_dim: int = 256
+    """Geometry feature z passed to the texture network (supp. Fig. 7: z in R^256)."""
+    deformation_dims: Tuple[int, ...] = (128,) * 4
+    """Deformation MLP hidden layers (supp. Fig. 7; public configuration: 4 x 128)."""
+    skinning_temperature: float = 20.0
+    """Skinning weights are softmax(temperature * logits) (public code: 20)."""
+    texture_dims: Tuple[int, ...] = (512,) * 4
+    """Texture MLP hidden layers (supp. Fig. 7; public configuration: 4 x 512)."""
+    texture_frequencies: int = 4
+    """Positional-encoding frequencies of the canonical point into the texture (public configuration: 4)."""
+    canonical_jaw_pitch: float = CANONICAL_JAW_PITCH
+    """Jaw pitch of the canonical pose (supp. 2.5: 0.2)."""
+    # --- rendering
+    num_steps: int = 100
+    """Samples per ray of the deformed-space march (public configuration: 100)."""
+    num_secant_steps: int = 8
+    """Secant refinements of a crossing (public configuration: 8)."""
+    broyden_max_steps: int = 10
+    """Broyden updates per correspondence (supp. 2.4: 10)."""
+    broyden_tolerance: float = 1e-5
+    """Convergence threshold of the correspondence residual (supp. 2.4: 1e-5)."""
+    renderer: Literal["fast", "dense"] = "fast"
+    """fast: march only inside the frame's FLAME mesh bounds, front to back, dropping converged roots;
+    dense: every sample of the scene box, every start, every Broyden step (the reference)."""
+    bounds_margin: float = 0.15
+    """Margin around the frame's deformed FLAME mesh box for the fast renderer, world units (ours)."""
+    chunk_steps: int = 16
+    """Samples per ray evaluated at a time by the fast renderer before hit rays stop (ours)."""
+    # --- losses
+    occupancy_sharpness: float = 50.0
+    """Occupancy = sigmoid(-sharpness * sdf / scene half-size) for the mask loss (public configuration: alpha 50)."""
+    rgb_loss_mult: float = 1.0
+    """RGB L1 on hit pixels (eq. 11)."""
+    mask_loss_mult: float = 2.0
+    """Mask cross-entropy on the other pixels (eq. 14: lambda_M = 2)."""
+    use_flame_loss: bool = True
+    """FLAME pseudo ground truth on E, P, W (eq. 13); False is the paper's Ours-."""
+    flame_loss_mult: float = 1.0
+    """lambda_FL (eq. 14: 1)."""
+    flame_expression_mult: float = 1000.0
+    """lambda_e (eq. 13: 1000)."""
+    flame_pose_mult: float = 1000.0
+    """lambda_p (eq. 13: 1000)."""
+    flame_weights_mult: float = 0.1
+    """lambda_w (eq. 13: 0.1)."""
+    background_color: str = "white"
+    """Background of pixels whose ray misses; matches the dataparser's compositing colour."""
+
+
+class IMavatarSurfaceModel(HeadModel):
+    """Model of imavatar-surface; see the module docstring."""
+
+    config: IMavatarSurfaceModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        cfg = self.config
+        track = self.subject.track
+        self.scene_scale = float(self.scene_box.aabb.abs().max())
+        self.geometry = GeometryNetwork(
+            latent_dim=cfg.latent_dim,
+            feature_dim=cfg.feature_dim,
+            dims=cfg.geometry_dims,
+            skip_in=cfg.geometry_skip,
+            frequencies=cfg.geometry_frequencies,
+            radius=cfg.geometry_init_radius,
+            scene_scale=self.scene_scale,
+        )
+        deformer = DeformationNetwork(
+            num_expression=self.subject.num_expression,
+            num_pose_features=9 * (len(track.flame.parents) - 1),
+            num_joints=len(track.flame.parents),
+            dims=cfg.deformation_dims,
+            weight_temperature=cfg.skinning_temperature,
+            scene_scale=self.scene_scale,
+        )
+        self.skin = ForwardSkinning(deformer, track, jaw_pitch=cfg.canonical_jaw_pitch)
+        self.texture = TextureNetwork(
+            condition_dim=3 + self.subject.num_expression,
+            feature_dim=cfg.feature_dim,
+            dims=cfg.texture_dims,
+            frequencies=cfg.texture_frequencies,
+            scene_scale=self.scene_scale,
+        )
+        self.latent_codes = FrameCodes(self.subject.num_frames, cfg.latent_dim, self.subject.train_frames)
+        pad = cfg.bounds_margin
+        self.register_buffer("mesh_lo", track.vertices.amin(1) - pad, persistent=False)
+        self.register_buffer("mesh_hi", track.vertices.amax(1) + pad, persistent=False)
+        flame = track.flame
+        s = track.world_scale
+        # FLAME pseudo ground truth at the canonical mesh (eq. 13), world units like the fields.
+        self.register_buffer("gt_expr_dirs", flame.exprdirs.detach() * s, persistent=False)
+        self.register_buffer("gt_pose_dirs", flame.posedirs.detach() * s, persistent=False)
+        self.register_buffer("gt_weights", flame.weights.detach().clone(), persistent=False)
+        self.nearest = NearestVertex()
+        self.background = colors.get_color(self.config.background_color)
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {
+            "fields": list(self.geometry.parameters()) + list(self.texture.parameters()),
+            "deformation": list(self.skin.deformer.parameters()),
+            "latent_codes": list(self.latent_codes.parameters()),
+        }
+
+    # ------------------------------------------------------------------ geometry
+    def sdf(self, canonical: Tensor, frame: Tensor) -> Tensor:
+        """SDF of canonical points under their frames' latent codes."""
+        return self.geometry.sdf(canonical, self.latent_codes(frame))
+
+    def forward_geonetwork(self, canonical: Tensor) -> Tensor:
+        """``[sdf, feature]`` of canonical points with the default frame's code (``ns-export marching-cubes``)."""
+        frame = torch.full((canonical.shape[0],), self.subject.default_frame, dtype=torch.long, device=canonical.device)
+        sdf, feat = self.geometry(canonical, self.latent_codes(frame))
+        return torch.cat([sdf[:, None], feat], dim=-1)
+
+    def occupancy_logit(self, sdf: Tensor) -> Tensor:
+        return -self.config.occupancy_sharpness * sdf / self.scene_scale
+
+    # ------------------------------------------------------------------ rendering
+    def ray_bounds(self, origins: Tensor, directions: Tensor, frames: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.config.renderer == "fast":
+            return ray_box(origins, directions, self.mesh_lo[frames], self.mesh_hi[frames])
+        aabb = self.scene_box.aabb.to(origins)
+        return ray_box(origins, directions, aabb[0].expand_as(origins), aabb[1].expand_as(origins))
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        cfg = self.config
+        frames = self.subject.frame_of(ray_bundle)
+        origins = ray_bundle.origins.reshape(-1, 3)
+        directions = F.normalize(ray_bundle.directions.reshape(-1, 3), dim=-1)
+        near, far = self.ray_bounds(origins, directions, frames)
+        fast = cfg.renderer == "fast"
+        res = march(
+            origins, directions, frames, near, far, self.skin, self.sdf,
+            num_steps=cfg.num_steps, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps if fast else 0,
+            dense=not fast, max_steps=cfg.broyden_max_steps, tol=cfg.broyden_tolerance,
+        )  # fmt: skip
+        n = origins.shape[0]
+        rgb = self.background.to(origins).expand(n, 3).clone()
+        normal = torch.zeros(n, 3, device=origins.device)
+        logit = torch.full((n,), -20.0, device=origins.device)
+        canonical = res.canonical
+        hit = torch.nonzero(res.hit).reshape(-1)
+        if hit.numel():
+            x_c, colour, n_d, sdf = self.shade(res.canonical[hit], frames[hit], origins[hit], directions[hit])
+            rgb = rgb.index_put((hit,), colour)
+            normal = normal.index_put((hit,), n_d)
+            logit = logit.index_put((hit,), self.occupancy_logit(sdf))
+            canonical = canonical.index_put((hit,), x_c)
+        miss = torch.nonzero(res.valid & ~res.hit).reshape(-1)
+        if miss.numel():
+            target = origins[miss] + res.t[miss, None] * directions[miss]
+            x_c = self.correspondence_with_gradient(res.canonical[miss], frames[miss], target)
+            logit = logit.index_put((miss,), self.occupancy_logit(self.sdf(x_c, frames[miss])))
+            canonical = canonical.index_put((miss,), x_c)
+        return {
+            "rgb": rgb,
+            "accumulation": res.hit.float()[:, None],
+            "depth": torch.where(res.hit, res.t, torch.zeros_like(res.t))[:, None],
+            "normal": normal,
+            "occupancy_logit": logit[:, None],
+            "hit": res.hit[:, None],
+            "valid": res.valid[:, None],
+            "canonical": canonical,
+        }
+
+    def surface_point_with_gradient(
+        self, root: Tensor, frames: Tensor, origins: Tensor, directions: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """The canonical surface point with the implicit gradient of eq. 8-10, and the warp Jacobian there.
+
+        ``G(x_c) = [sdf(x_c), B (w(x_c) - o)]`` with ``B`` two unit vectors across the ray: zero
+        exactly when x_c is on the surface and its deformed point on the ray.
+        """
+        x_d, jac_w = self.skin.warp_jacobian(root, frames)
+        helper = torch.where(directions[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0]).to(root),
+                             torch.tensor([0.0, 1.0, 0.0]).to(root))  # fmt: skip
+        b1 = F.normalize(torch.cross(directions, helper, dim=-1), dim=-1)
+        b2 = torch.cross(directions, b1, dim=-1)
+        basis = torch.stack([b1, b2], dim=1)  # N 2 3
+        sdf, _, grad = self.geometry.gradient(root, self.latent_codes(frames), create_graph=False)
+        with torch.enable_grad():
+            sdf_live = self.sdf(root.detach(), frames)
+            warped, _ = self.skin.warp(root.detach(), frames)
+            residual = torch.cat([sdf_live[:, None], (basis @ (warped - origins)[..., None])[..., 0]], dim=-1)
+            jacobian = torch.cat([grad.detach()[:, None, :], basis @ jac_w], dim=1)
+            x_c = implicit_root(root, residual, jacobian) if self.training else root.detach()
+        return x_c, jac_w
+
+    def correspondence_with_gradient(self, root: Tensor, frames: Tensor, target: Tensor) -> Tensor:
+        """Canonical correspondence of a fixed deformed point, differentiable in the deformation network."""
+        if not self.training:
+            return root.detach()
+        _, jac_w = self.skin.warp_jacobian(root, frames)
+        with torch.enable_grad():
+            warped, _ = self.skin.warp(root.detach(), frames)
+            return implicit_root(root, warped - target, jac_w)
+
+    def shade(
+        self, root: Tensor, frames: Tensor, origins: Tensor, directions: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Surface point (with gradient), colour, deformed normal (eq. 6) and SDF of hit rays."""
+        x_c, jac_w = self.surface_point_with_gradient(root, frames, origins, directions)
+        sdf, feature, grad = self.geometry.gradient(x_c, self.latent_codes(frames), create_graph=self.training)
+        # Eq. 6: d sdf / d x_d = d sdf / d x_c (d x_d / d x_c)^-1.
+        normal_d = torch.linalg.solve(jac_w.transpose(1, 2), grad[..., None])[..., 0]
+        normal_d = F.normalize(normal_d, dim=-1)
+        pose = self.subject.track.pose[frames]
+        condition = torch.cat([pose[:, 6:9], self.subject.track.expression[frames]], dim=-1)  # jaw pose, expression
+        colour = self.texture(x_c, normal_d, condition, feature)
+        return x_c, colour, normal_d, sdf
+
+    # ------------------------------------------------------------------ losses
+    def flame_loss(self, canonical: Tensor) -> Tensor:
+        """Eq. 13: E, P, W against the nearest canonical FLAME vertex, summed per point."""
+        table = self.skin.canonical_vertices[None]
+        idx, _ = self.nearest(canonical.detach(), torch.zeros_like(canonical[:, 0], dtype=torch.long), table)
+        expr, pose, weights = self.skin.deformer(canonical.detach())
+        cfg = self.config
+        return (
+            cfg.flame_expression_mult * (expr - self.gt_expr_dirs[idx]).square().flatten(1).sum(-1)
+            + cfg.flame_pose_mult * (pose - self.gt_pose_dirs[idx]).square().flatten(1).sum(-1)
+            + cfg.flame_weights_mult * (weights - self.gt_weights[idx]).square().sum(-1)
+        )
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        cfg = self.config
+        device = outputs["rgb"].device
+        image = batch["image"][..., :3].to(device)
+        if "mask" not in batch:
+            raise ValueError("imavatar-surface needs foreground masks (mask/ images beside the frames) for its mask loss")
+        gt_mask = batch["mask"].reshape(-1).to(device).bool()
+        hit, valid = outputs["hit"].reshape(-1), outputs["valid"].reshape(-1)
+        n = float(hit.numel())
+        inside = hit & gt_mask
+        losses = {"rgb_loss": cfg.rgb_loss_mult * (outputs["rgb"] - image).abs()[inside].sum() / n}
+        others = valid & ~inside
+        bce = F.binary_cross_entropy_with_logits(outputs["occupancy_logit"].reshape(-1)[others], gt_mask[others].float(),
+                                                 reduction="sum")  # fmt: skip
+        losses["mask_loss"] = cfg.mask_loss_mult * bce / n
+        if cfg.use_flame_loss:
+            fl = self.flame_loss(outputs["canonical"][hit]) if hit.any() else torch.zeros(0, device=device)
+            losses["flame_loss"] = cfg.flame_loss_mult * fl.sum() / n
+        return losses

@@ -1,0 +1,210 @@
+"""imavatar-surface: root finding, implicit gradients, fields and the forward map."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headstudio.fields.imavatar import DeformationNetwork, GeometryNetwork
+from headstudio.root_finding import broyden, implicit_root
+
+
+def test_broyden_inverts_a_known_warp():
+    torch.manual_seed(0)
+    rot = torch.linalg.qr(torch.randn(3, 3))[0]
+
+    def warp(x):
+        return x @ rot.T + 0.1 * torch.sin(2.0 * x) + torch.tensor([0.2, -0.1, 0.3])
+
+    truth = torch.rand(500, 3) * 2 - 1
+    target = warp(truth)
+    result = broyden(lambda x, ids: warp(x) - target[ids], torch.zeros(500, 3), rot.T.expand(500, 3, 3).clone())
+    assert result.converged.float().mean() > 0.98
+    assert (result.root - truth)[result.converged].abs().max() < 1e-4
+    assert result.steps.max() <= 10
+
+
+def test_broyden_reports_what_did_not_converge():
+    # x^2 + 1 = 0 has no real root: nothing may claim convergence.
+    result = broyden(lambda x, ids: x * x + 1.0, torch.ones(4, 1), torch.eye(1).expand(4, 1, 1).clone())
+    assert not result.converged.any()
+
+
+def _surface_point(net: GeometryNetwork, A: torch.Tensor, b: torch.Tensor, o, d, t0: float) -> torch.Tensor:
+    """Canonical point x with sdf(x) = 0 and A x + b on the ray o + t d (Newton, float64)."""
+    x = torch.linalg.solve(A, (o + t0 * d - b)[:, None])[:, 0]
+    basis = torch.linalg.svd(torch.eye(3, dtype=d.dtype) - torch.outer(d, d))[0][:, :2].T
+    for _ in range(50):
+        x = x.detach().requires_grad_(True)
+        g = torch.cat([net.sdf(x[None])[0:1], basis @ (A @ x + b - o)])
+        jac = torch.autograd.functional.jacobian(
+            lambda y: torch.cat([net.sdf(y[None])[0:1], basis @ (A @ y + b - o)]), x
+        )
+        x = x - torch.linalg.solve(jac, g.detach())
+    return x.detach(), basis
+
+
+def test_implicit_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    net = GeometryNetwork(latent_dim=0, feature_dim=2, dims=(16, 16), skip_in=(), frequencies=2, radius=0.5,
+                          use_weight_norm=False).double()  # fmt: skip
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    A = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(3, 3, dtype=torch.float64)
+    b = 0.05 * torch.randn(3, dtype=torch.float64)
+    A.requires_grad_(True)
+    o = torch.tensor([0.1, 0.05, 3.0], dtype=torch.float64)
+    d = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64)
+    probe = torch.tensor([0.3, -0.7, 0.5], dtype=torch.float64)
+
+    x, basis = _surface_point(net, A.detach(), b, o, d, 2.6)
+    assert abs(float(net.sdf(x[None])[0])) < 1e-10
+    # Analytic: G(x; params) with autograd, Jacobian detached.
+    g = torch.cat([net.sdf(x[None])[0:1], basis @ (A @ x + b - o)])
+    jac = torch.autograd.functional.jacobian(lambda y: torch.cat([net.sdf(y[None])[0:1], basis @ (A.detach() @ y + b - o)]), x)
+    x_grad = implicit_root(x[None], g[None], jac[None])[0]
+    params = [A, *[p for p in net.parameters()]]
+    grads = torch.autograd.grad((x_grad * probe).sum(), params, allow_unused=True)
+    # Numeric: move one entry, re-solve, difference the probe.
+    eps = 1e-6
+    checks = [(A, (0, 1)), (A, (2, 2)), (net.layers[0].weight, (3, 0)), (net.layers[-1].bias, (0,))]
+    for param, index in checks:
+        grad = grads[[i for i, p in enumerate(params) if p is param][0]]
+        vals = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                param[index] += sign * eps
+            xs, _ = _surface_point(net, A.detach(), b, o, d, 2.6)
+            vals.append(float((xs * probe).sum()))
+            with torch.no_grad():
+                param[index] -= sign * eps
+        numeric = (vals[0] - vals[1]) / (2 * eps)
+        assert abs(numeric - float(grad[index])) < 1e-5 * max(1.0, abs(numeric)), (index, numeric, float(grad[index]))
+
+
+def test_geometry_network_starts_as_a_sphere():
+    net = GeometryNetwork(dims=(128,) * 4, skip_in=(2,), radius=0.6, scene_scale=2.0)
+    dirs = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1)
+    # Geometric init: about the SDF of a sphere of radius 0.6 x scene scale; the latent code is silent.
+    codes = torch.randn(200, 32)
+    assert torch.equal(net.sdf(dirs * 0.6, codes), net.sdf(dirs * 0.6))
+    assert (net.sdf(dirs * 0.6) < 0).all() and (net.sdf(dirs * 2.0) > 0).all()
+    assert abs(float(net.sdf(dirs * 1.2).mean())) < 0.15
+    sdf, feat, grad = net.gradient(dirs * 1.5)
+    assert feat.shape == (200, 256)
+    cos = torch.nn.functional.cosine_similarity(grad, dirs, dim=-1)
+    assert cos.mean() > 0.95 and cos.min() > 0.7  # normals point outwards
+
+
+def test_deformation_network_starts_uniform_with_zero_blendshapes():
+    net = DeformationNetwork(num_expression=10)
+    expr, pose, weights = net(torch.randn(7, 3))
+    assert expr.shape == (7, 3, 10) and pose.shape == (7, 3, 36) and weights.shape == (7, 5)
+    assert expr.abs().max() == 0 and pose.abs().max() == 0
+    assert torch.allclose(weights, torch.full_like(weights, 0.2))
+
+
+def _skinning(flame, seed: int = 0):
+    """ForwardSkinning over three frames (neutral, smile + neck turn, open jaw) with a perturbed deformer."""
+    from headstudio.data.track import FlameTrack
+    from headstudio.deformers.forward_skinning import ForwardSkinning
+
+    torch.manual_seed(seed)
+    expr = torch.zeros(3, 50)
+    expr[1, 0] = 1.5
+    pose = torch.zeros(3, 15)
+    pose[1, 3:6] = torch.tensor([0.1, 0.3, 0.0])
+    pose[2, 6] = 0.35
+    track = FlameTrack(flame.float(), torch.zeros(100), expr, pose)
+    net = DeformationNetwork(num_expression=50, scene_scale=1.0)
+    with torch.no_grad():  # a non-trivial but smooth deformation
+        net.blendshapes.weight.normal_(0.0, 1e-3)
+        net.skinning.weight.normal_(0.0, 0.05)
+    return ForwardSkinning(net, track), track
+
+
+def test_forward_map_of_the_canonical_pose_is_identity(flame):
+    from headstudio.data.track import FlameTrack
+    from headstudio.deformers.forward_skinning import ForwardSkinning, canonical_pose
+
+    track = FlameTrack(flame.float(), torch.zeros(100), torch.zeros(1, 50), canonical_pose())
+    skin = ForwardSkinning(DeformationNetwork(num_expression=50), track)
+    pts = skin.canonical_vertices[::50]
+    warped, _ = skin.warp(pts, torch.zeros(len(pts), dtype=torch.long))
+    assert (warped - pts).abs().max() < 1e-5
+
+
+def test_forward_map_moves_flame_fields_like_flame(flame):
+    """With FLAME's own E, P, W at its vertices, the forward map reproduces the FLAME mesh of each frame."""
+    skin, track = _skinning(flame)
+    f = flame.float()
+    s = track.world_scale
+    verts = skin.canonical_vertices
+    for frame in range(3):
+        idx = torch.full((len(verts),), frame, dtype=torch.long)
+        # Correctives are added in the (slightly posed) canonical space: exact up to the jaw-0.2 rotation.
+        out = skin.apply_fields(verts, idx, f.exprdirs * s, f.posedirs * s, f.weights)
+        assert (out - track.vertices[frame]).abs().max() < 2e-3 * s, frame
+
+
+def test_correspondence_search_inverts_the_forward_map(flame):
+    skin, track = _skinning(flame)
+    canon = skin.canonical_vertices[::20] + 0.01 * torch.randn(len(skin.canonical_vertices[::20]), 3)
+    frame = torch.arange(len(canon)) % 3
+    with torch.no_grad():
+        deformed, _ = skin.warp(canon, frame)
+    roots, converged = skin.correspondences(deformed, frame)
+    assert converged.any(dim=1).float().mean() > 0.95
+    err = (roots - canon[:, None]).norm(dim=-1).masked_fill(~converged, float("inf")).min(dim=1).values
+    assert (err[converged.any(dim=1)] < 1e-3).float().mean() > 0.95
+
+
+# ---------------------------------------------------------------------------------- the model
+SMALL = dict(geometry_dims=(96,) * 4, geometry_skip=(2,), feature_dim=16, deformation_dims=(32,) * 3,
+             texture_dims=(32,) * 2, num_steps=24, num_secant_steps=4, chunk_steps=8)  # fmt: skip
+
+
+def _pipeline(subject, **overrides):
+    import copy
+
+    from headstudio.method_configs.imavatar_surface import imavatar_surface
+
+    cfg = copy.deepcopy(imavatar_surface.config)
+    cfg.pipeline.datamanager.train_num_rays_per_batch = 256
+    cfg.pipeline.datamanager.data = subject
+    cfg.pipeline.datamanager.dataparser.data = subject
+    for key, value in {**SMALL, **overrides}.items():
+        setattr(cfg.pipeline.model, key, value)
+    return cfg.pipeline.setup(device="cpu", test_mode="val")
+
+
+@pytest.fixture(scope="module")
+def pipeline(subjects):
+    return _pipeline(subjects["imavatar"])
+
+
+def test_param_groups_match_the_optimizers(pipeline):
+    from headstudio.method_configs.imavatar_surface import imavatar_surface
+
+    assert set(pipeline.get_param_groups()) == set(imavatar_surface.config.optimizers)
+
+
+def test_rays_hit_the_initial_sphere_and_gradients_reach_every_network(pipeline):
+    model = pipeline.model
+    model.train()
+    model.zero_grad(set_to_none=True)
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    outputs = model(ray_bundle)
+    assert outputs["hit"].any() and (~outputs["hit"]).any()
+    losses = model.get_loss_dict(outputs, batch)
+    assert set(losses) == {"rgb_loss", "mask_loss", "flame_loss"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for name, net in (("geometry", model.geometry), ("texture", model.texture), ("deformation", model.skin.deformer)):
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and sum(float(g.abs().sum()) for g in grads) > 0, name
+    # The latent code starts silent (geometric init), so its first gradient lands on the weights that read it.
+    assert model.latent_codes.codes.grad is not None
+    first = model.geometry.layers[0].parametrizations.weight.original1
+    assert first.grad[:, -model.config.latent_dim :].abs().sum() > 0
