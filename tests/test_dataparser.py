@@ -314,3 +314,19 @@ def test_lazy_lpips_degrades_offline_instead_of_raising():
         assert torch.isfinite(value)
     else:
         assert torch.isnan(value) and "unavailable" in metric.reason
+
+
+def test_lazy_lpips_never_reaches_for_the_network(tmp_path, monkeypatch):
+    import socket
+
+    from headstudio.metrics.lpips import LazyLPIPS
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("LPIPS tried to open a network connection")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    metric = LazyLPIPS()
+    assert torch.isnan(metric(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)))
+    assert "unavailable" in metric.reason and str(tmp_path) in metric.reason

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import socket
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity as _TorchmetricsLPIPS
+
+
+BACKBONE_FILES = {"alex": "alexnet-", "vgg": "vgg16-", "squeeze": "squeezenet1_1-"}
+"""torchvision checkpoint names of the LPIPS backbones (torch hub cache)."""
 
 
 class LazyLPIPS(nn.Module):
@@ -36,6 +41,11 @@ class LazyLPIPS(nn.Module):
 
     def _build(self) -> None:
         if self._metric is not None or self._failed is not None:
+            return
+        prefix = BACKBONE_FILES.get(self.net_type, self.net_type)
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        if not any(cache.glob(f"{prefix}*.pth")):  # never reach for the network
+            self._failed = f"LPIPS weights unavailable: no {prefix}*.pth in {cache} (nothing is downloaded)"
             return
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(2.0)  # a blocked network fails fast instead of hanging
