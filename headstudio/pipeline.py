@@ -24,6 +24,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from headstudio.latent_codes import FrameCodes
+from headstudio.metrics.geometry import camera_normals_to_world, gt_normal_path, load_gt_normal
 from headstudio.metrics.images import lpips_unavailable_reason
 from headstudio.test_time import optimise_frame_codes
 
@@ -76,8 +77,11 @@ class HeadPipeline(VanillaPipeline):
                 start = time()
                 outputs = self.model.get_outputs_for_camera(camera=camera)
                 seconds = time() - start
+                batch = self.eval_inputs(camera, batch)
                 metrics, images = self.model.get_image_metrics_and_images(outputs, batch)
                 row = {f"{k}_dagger": v for k, v in metrics.items()}
+                if steps == 0:  # no test-time fitting: the two protocols are one
+                    row.update(metrics)
                 row["num_rays_per_sec"] = float(camera.height * camera.width) / seconds
                 self._save(output_path, "eval_dagger", idx, images)
                 if steps > 0:
@@ -109,6 +113,22 @@ class HeadPipeline(VanillaPipeline):
             result["lpips"] = f"unavailable: {reason}"
         self.train()
         return result
+
+    def eval_inputs(self, camera, batch: Dict) -> Dict:
+        """The eval batch plus what geometry metrics need: the camera, landmarks in pixels of this
+        resolution, and the ground-truth normal map in world space where the subject has one."""
+        dataset = self.datamanager.eval_dataset
+        batch = dict(batch, camera=camera)
+        meta = camera.metadata or {}
+        if "landmarks" in meta:
+            batch["landmarks_px"] = meta["landmarks"].reshape(-1, 2) * dataset.scale_factor
+        idx = int(batch.get("image_idx", -1))
+        if 0 <= idx < len(dataset.image_filenames):
+            path = gt_normal_path(dataset.image_filenames[idx])
+            if path is not None:
+                h, w = batch["image"].shape[:2]
+                batch["gt_normal_world"] = camera_normals_to_world(load_gt_normal(path, h, w), camera.camera_to_worlds[0])
+        return batch
 
     @staticmethod
     def _save(output_path: Optional[Path], prefix: str, idx: int, images: Dict[str, torch.Tensor]) -> None:

@@ -2,9 +2,12 @@
 
     hs-export mesh --load-config outputs/.../config.yml --frames 0,10,20 [--output-dir DIR]
 
-For each frame the density field is deformed into that frame's state (expression, jaw,
-neck, latent codes) and meshed by marching cubes inside the scene box; one PLY per frame,
-written atomically. (``ns-export tsdf|poisson`` also work on headstudio models: they render
+Volumetric methods (tensorf-local-deform, rignerf-star): for each frame the density field
+is deformed into that frame's state (expression, jaw, neck, latent codes) and meshed by
+marching cubes inside the scene box. Surface methods with a forward map (imavatar-surface):
+the canonical surface is meshed once (``canonical.ply``) and its vertices are moved by the
+learned blendshapes and skinning into each frame, or into explicit ``--expression`` /
+``--pose`` vectors. One PLY per mesh, written atomically. (``ns-export tsdf|poisson`` also work on headstudio models: they render
 the head in one frame, ``HEADSTUDIO_FRAME``, default the first training frame.)
 """
 
@@ -58,13 +61,23 @@ class Mesh:
     resolution: int = 256
     """Marching-cubes lattice resolution over the scene box."""
     level: float = 25.0
-    """Density level of the surface (world units; 25 = TensoRF's distance scale x feature 1)."""
+    """Density level of the surface (world units; 25 = TensoRF's distance scale x feature 1).
+    Surface methods mesh their SDF's zero level and ignore this."""
+    expression: Optional[str] = None
+    """Surface methods: comma-separated FLAME expression coefficients (missing ones 0) instead of --frames."""
+    pose: Optional[str] = None
+    """Surface methods: comma-separated FLAME pose (global, neck, jaw, eyes axis-angle; up to 15; missing 0)."""
 
     def main(self) -> None:
         from nerfstudio.utils.eval_utils import eval_setup
 
         _, pipeline, _, _ = eval_setup(self.load_config, test_mode="test")
         model = pipeline.model
+        if hasattr(model, "deform_vertices"):
+            self.surface(model)
+            return
+        if self.expression is not None or self.pose is not None:
+            raise ValueError(f"--expression/--pose need a method with a forward map; {type(model).__name__} has none")
         if not hasattr(model, "observed_density"):
             raise ValueError(f"{self.load_config}: {type(model).__name__} has no density field to mesh")
         frames = parse_frames(self.frames, model.subject.num_frames)
@@ -86,6 +99,44 @@ class Mesh:
                 path = out_dir / f"frame_{frame:05d}.ply"
                 write_ply(path, verts, faces)
                 console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
+
+
+    def surface(self, model) -> None:
+        out_dir = self.output_dir or self.load_config.parent / "meshes"
+        aabb = model.scene_box.aabb.to(model.device)
+        with console.status("canonical surface (marching cubes)"):
+            values = density_grid(lambda x: -model.canonical_sdf(x), aabb, self.resolution)
+            verts, faces = mesh_from_grid(values, aabb, 0.0)
+        write_ply(out_dir / "canonical.ply", verts, faces)
+        console.print(f"{out_dir / 'canonical.ply'}: {len(verts)} vertices, {len(faces)} faces")
+        canonical = torch.from_numpy(verts).to(model.device)
+        if self.expression is not None or self.pose is not None:
+            n_e = model.subject.num_expression
+            expr = parse_vector(self.expression, n_e, "--expression")
+            pose = parse_vector(self.pose, 15, "--pose")
+            moved = model.deform_vertices(canonical, expression=expr.to(model.device), pose=pose.to(model.device))
+            path = out_dir / "explicit.ply"
+            write_ply(path, moved.cpu().numpy(), faces)
+            console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
+            return
+        for frame in parse_frames(self.frames, model.subject.num_frames):
+            path = out_dir / f"frame_{frame:05d}.ply"
+            write_ply(path, model.deform_vertices(canonical, frame=frame).cpu().numpy(), faces)
+            console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
+
+
+def parse_vector(text: Optional[str], size: int, flag: str) -> torch.Tensor:
+    """Comma-separated floats, zero-padded to ``size``."""
+    values = torch.zeros(size)
+    if text:
+        try:
+            parts = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{flag} {text!r}: expected comma-separated numbers") from None
+        if len(parts) > size:
+            raise ValueError(f"{flag} {text!r}: at most {size} values")
+        values[: len(parts)] = torch.tensor(parts)
+    return values
 
 
 SUBCOMMANDS = {"mesh": Mesh}

@@ -29,6 +29,22 @@ INIT_BONES = (0, 1, 2)
 """Bones whose inverse transforms start the correspondence search: shoulder (global), head (neck), jaw."""
 
 
+def morph_and_skin(
+    points: Float[Tensor, "N 3"],
+    expr_dirs: Float[Tensor, "N 3 E"],
+    pose_dirs: Float[Tensor, "N 3 P"],
+    weights: Float[Tensor, "N J"],
+    expression: Float[Tensor, "N E"],
+    pose_feat: Float[Tensor, "N P"],
+    transforms: Float[Tensor, "N J 4 4"],
+) -> Float[Tensor, "N 3"]:
+    """Eq. 5 per point: blendshape offsets, then the engine's skinning with per-point weights."""
+    morphed = (
+        points + torch.einsum("nce,ne->nc", expr_dirs, expression) + torch.einsum("ncp,np->nc", pose_dirs, pose_feat)
+    )
+    return skin_points(morphed[:, None], weights[:, None], transforms)[:, 0]
+
+
 def canonical_pose(num_pose: int = 15, jaw_pitch: float = CANONICAL_JAW_PITCH) -> Float[Tensor, "1 P"]:
     pose = torch.zeros(1, num_pose)
     pose[0, 6] = jaw_pitch  # jaw axis-angle, x = pitch
@@ -58,6 +74,19 @@ class ForwardSkinning(nn.Module):
         self.register_buffer("expression", track.expression.detach().clone(), persistent=False)
         self.register_buffer("canonical_vertices", canon.vertices[0].detach(), persistent=False)
         self.register_buffer("canonical_landmarks", canon.landmarks[0].detach(), persistent=False)
+        self.register_buffer("canonical_inverse", torch.linalg.inv(canon.transforms[0]).detach(), persistent=False)
+        self.register_buffer("canonical_pose_feature", feat_c[0].detach(), persistent=False)
+        object.__setattr__(self, "_track", track)  # a reference, not a submodule (the subject owns it)
+
+    @torch.no_grad()
+    def explicit_state(
+        self, expression: Float[Tensor, "E"], pose: Float[Tensor, "15"]
+    ) -> Tuple[Float[Tensor, "E"], Float[Tensor, "P"], Float[Tensor, "J 4 4"]]:
+        """Expression, relative pose feature and relative bone transforms of explicit FLAME parameters."""
+        out = self._track.evaluate(expression[None], pose[None])
+        rot = axis_angle_to_matrix(pose.reshape(1, -1, 3).to(out.vertices))
+        feat = pose_feature(rot)[0] - self.canonical_pose_feature
+        return expression.to(out.vertices), feat, out.transforms[0] @ self.canonical_inverse
 
     def warp(
         self, points: Float[Tensor, "N 3"], frame: Int[Tensor, "N"]
@@ -74,13 +103,22 @@ class ForwardSkinning(nn.Module):
         pose_dirs: Float[Tensor, "N 3 P"],
         weights: Float[Tensor, "N J"],
     ) -> Float[Tensor, "N 3"]:
-        """Eq. 5 with given fields (also used to move canonical mesh vertices with explicit parameters)."""
-        morphed = (
-            points
-            + torch.einsum("nce,ne->nc", expr_dirs, self.expression[frame])
-            + torch.einsum("ncp,np->nc", pose_dirs, self.pose_features[frame])
+        """Eq. 5 with given fields at the points' frames."""
+        return morph_and_skin(
+            points, expr_dirs, pose_dirs, weights, self.expression[frame], self.pose_features[frame], self.transforms[frame]
         )
-        return skin_points(morphed[:, None], weights[:, None], self.transforms[frame])[:, 0]
+
+    @torch.no_grad()
+    def warp_explicit(
+        self, points: Float[Tensor, "N 3"], expression: Float[Tensor, "E"], pose: Float[Tensor, "15"]
+    ) -> Float[Tensor, "N 3"]:
+        """Canonical points moved by explicit FLAME expression and pose (not a tracked frame)."""
+        expr, feat, transforms = self.explicit_state(expression, pose)
+        e_dirs, p_dirs, weights = self.deformer(points)
+        n = points.shape[0]
+        return morph_and_skin(
+            points, e_dirs, p_dirs, weights, expr.expand(n, -1), feat.expand(n, -1), transforms.expand(n, -1, -1, -1)
+        )
 
     def warp_jacobian(
         self, points: Float[Tensor, "N 3"], frame: Int[Tensor, "N"]

@@ -10,6 +10,7 @@
   initialised to zero blendshapes and uniform weights.
 - :class:`TextureNetwork`: colour from the canonical point, the deformed normal (eq. 6),
   jaw pose and expression, and the geometry feature; ReLU layers.
+- :class:`CanonicalHeadField`: geometry and texture as a nerfstudio ``Field``.
 
 Points enter the networks divided by ``scene_scale`` (the head fits the unit sphere); the
 blendshapes and correctives are in world units per unit coefficient.
@@ -18,12 +19,15 @@ blendshapes and correctives are in world units per unit coefficient.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.encodings import NeRFEncoding
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -215,3 +219,59 @@ class TextureNetwork(nn.Module):
             if i < len(self.layers) - 1:
                 h = F.relu(h)
         return torch.sigmoid(h)
+
+
+NORMAL = "deformed_normal"
+CONDITION = "condition"
+
+
+class CanonicalHeadField(Field):
+    """The canonical geometry (density side) and texture (output side) as one nerfstudio Field.
+
+    Positions of the ray samples are *canonical* points (the renderer found them); the deformed
+    normal and the frame's jaw/expression condition travel in ``RaySamples.metadata``. Also the
+    ``forward_geonetwork`` that ``ns-export marching-cubes`` reads: ``[sdf, feature]`` under the
+    default frame's latent code.
+    """
+
+    def __init__(
+        self, geometry: GeometryNetwork, texture: TextureNetwork, latent_codes: nn.Module, default_frame: int,
+        occupancy_sharpness: float = 50.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.geometry, self.texture, self.latent_codes = geometry, texture, latent_codes
+        self.default_frame, self.occupancy_sharpness = default_frame, occupancy_sharpness
+
+    def code(self, frame: Optional[Tensor], n: int, device) -> Tensor:
+        if frame is None:
+            frame = torch.full((n,), self.default_frame, dtype=torch.long, device=device)
+        return self.latent_codes(frame.reshape(-1))
+
+    def forward_geonetwork(self, points: Float[Tensor, "N 3"], frame: Optional[Tensor] = None) -> Float[Tensor, "N 1+F"]:
+        sdf, feat = self.geometry(points, self.code(frame, points.shape[0], points.device))
+        return torch.cat([sdf[:, None], feat], dim=-1)
+
+    def occupancy(self, sdf: Tensor) -> Tensor:
+        """The paper's occupancy: sigmoid(-alpha sdf), 0.5 on the surface."""
+        return torch.sigmoid(-self.occupancy_sharpness * sdf / self.geometry.scene_scale)
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        pts = ray_samples.frustums.get_positions()
+        flat = pts.reshape(-1, 3)
+        frame = None if ray_samples.metadata is None else ray_samples.metadata.get("frame_index")
+        if frame is not None:
+            frame = frame.expand(*pts.shape[:-1], 1)
+        out = self.forward_geonetwork(flat, frame)
+        return self.occupancy(out[:, :1]).reshape(*pts.shape[:-1], 1), out[:, 1:].reshape(*pts.shape[:-1], -1)
+
+    def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:
+        pts = ray_samples.frustums.get_positions()
+        meta = ray_samples.metadata or {}
+        shape = pts.shape[:-1]
+        rgb = self.texture(
+            pts.reshape(-1, 3),
+            meta[NORMAL].expand(*shape, 3).reshape(-1, 3),
+            meta[CONDITION].expand(*shape, -1).reshape(int(pts[..., 0].numel()), -1),
+            density_embedding.reshape(int(pts[..., 0].numel()), -1),
+        )
+        return {FieldHeadNames.RGB: rgb.reshape(*shape, 3)}

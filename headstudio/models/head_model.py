@@ -36,10 +36,17 @@ class HeadModel(Model):
         image = batch["image"][..., :3].to(outputs["rgb"].device)
         rgb = outputs["rgb"]
         metrics = image_metrics(rgb, image)
+        metrics.update(self.geometry_metrics(outputs, batch))
         depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
         images = {
             "img": torch.cat([image, rgb], dim=1),
             "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
             "depth": depth,
         }
+        if "normal" in outputs:
+            images["normal"] = (outputs["normal"] + 1.0) * 0.5
         return metrics, images
+
+    def geometry_metrics(self, outputs: Dict[str, Tensor], batch: Dict) -> Dict[str, float]:
+        """Method-specific geometry metrics of an eval image (none by default)."""
+        return {}

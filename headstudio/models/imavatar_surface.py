@@ -37,8 +37,9 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from headstudio.deformers.forward_skinning import CANONICAL_JAW_PITCH, ForwardSkinning
-from headstudio.fields.imavatar import DeformationNetwork, GeometryNetwork, TextureNetwork
+from headstudio.fields.imavatar import CanonicalHeadField, DeformationNetwork, GeometryNetwork, TextureNetwork
 from headstudio.latent_codes import FrameCodes
+from headstudio.metrics.geometry import normal_angle_error, project
 from headstudio.models.head_model import HeadModel
 from headstudio.nearest import NearestVertex
 from headstudio.rendering.implicit_surface import march, ray_box
@@ -108,6 +109,8 @@ class IMavatarSurfaceModelConfig(ModelConfig):
     """lambda_w (eq. 13: 0.1)."""
     background_color: str = "white"
     """Background of pixels whose ray misses; matches the dataparser's compositing colour."""
+    sdf_field: bool = True
+    """The field is an SDF (``ns-export marching-cubes`` checks for this and reads ``field.forward_geonetwork``)."""
 
 
 class IMavatarSurfaceModel(HeadModel):
@@ -120,7 +123,7 @@ class IMavatarSurfaceModel(HeadModel):
         cfg = self.config
         track = self.subject.track
         self.scene_scale = float(self.scene_box.aabb.abs().max())
-        self.geometry = GeometryNetwork(
+        geometry = GeometryNetwork(
             latent_dim=cfg.latent_dim,
             feature_dim=cfg.feature_dim,
             dims=cfg.geometry_dims,
@@ -138,14 +141,15 @@ class IMavatarSurfaceModel(HeadModel):
             scene_scale=self.scene_scale,
         )
         self.skin = ForwardSkinning(deformer, track, jaw_pitch=cfg.canonical_jaw_pitch)
-        self.texture = TextureNetwork(
+        texture = TextureNetwork(
             condition_dim=3 + self.subject.num_expression,
             feature_dim=cfg.feature_dim,
             dims=cfg.texture_dims,
             frequencies=cfg.texture_frequencies,
             scene_scale=self.scene_scale,
         )
-        self.latent_codes = FrameCodes(self.subject.num_frames, cfg.latent_dim, self.subject.train_frames)
+        codes = FrameCodes(self.subject.num_frames, cfg.latent_dim, self.subject.train_frames)
+        self.field = CanonicalHeadField(geometry, texture, codes, self.subject.default_frame, cfg.occupancy_sharpness)
         pad = cfg.bounds_margin
         self.register_buffer("mesh_lo", track.vertices.amin(1) - pad, persistent=False)
         self.register_buffer("mesh_hi", track.vertices.amax(1) + pad, persistent=False)
@@ -158,6 +162,18 @@ class IMavatarSurfaceModel(HeadModel):
         self.nearest = NearestVertex()
         self.background = colors.get_color(self.config.background_color)
 
+    @property
+    def geometry(self) -> GeometryNetwork:
+        return self.field.geometry
+
+    @property
+    def texture(self) -> TextureNetwork:
+        return self.field.texture
+
+    @property
+    def latent_codes(self) -> FrameCodes:
+        return self.field.latent_codes
+
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
             "fields": list(self.geometry.parameters()) + list(self.texture.parameters()),
@@ -169,12 +185,6 @@ class IMavatarSurfaceModel(HeadModel):
     def sdf(self, canonical: Tensor, frame: Tensor) -> Tensor:
         """SDF of canonical points under their frames' latent codes."""
         return self.geometry.sdf(canonical, self.latent_codes(frame))
-
-    def forward_geonetwork(self, canonical: Tensor) -> Tensor:
-        """``[sdf, feature]`` of canonical points with the default frame's code (``ns-export marching-cubes``)."""
-        frame = torch.full((canonical.shape[0],), self.subject.default_frame, dtype=torch.long, device=canonical.device)
-        sdf, feat = self.geometry(canonical, self.latent_codes(frame))
-        return torch.cat([sdf[:, None], feat], dim=-1)
 
     def occupancy_logit(self, sdf: Tensor) -> Tensor:
         return -self.config.occupancy_sharpness * sdf / self.scene_scale
@@ -272,6 +282,51 @@ class IMavatarSurfaceModel(HeadModel):
         condition = torch.cat([pose[:, 6:9], self.subject.track.expression[frames]], dim=-1)  # jaw pose, expression
         colour = self.texture(x_c, normal_d, condition, feature)
         return x_c, colour, normal_d, sdf
+
+    # ------------------------------------------------------------------ metrics
+    def geometry_metrics(self, outputs: Dict[str, Tensor], batch: Dict) -> Dict[str, float]:
+        """The paper's geometry metrics (§4.3): normal angle error (degrees) in the face region against
+        ground-truth normal maps (synthetic subjects), and the error (pixels) of the 51 inner FLAME
+        landmarks moved by the learned forward map and projected, against the tracked 2D landmarks."""
+        out: Dict[str, float] = {}
+        if "gt_normal_world" in batch:
+            region = batch["face_mask"][..., 0].to(self.device).bool() if "face_mask" in batch else outputs["hit"][..., 0]
+            region = region & outputs["hit"][..., 0].bool()
+            out["normal_error"] = normal_angle_error(outputs["normal"], batch["gt_normal_world"].to(self.device), region)
+        camera = batch.get("camera")
+        if camera is not None and "landmarks_px" in batch and camera.metadata and "frame_index" in camera.metadata:
+            frame = int(camera.metadata["frame_index"].reshape(-1)[0])
+            lms = self.skin.canonical_landmarks[17:]
+            with torch.no_grad():
+                moved, _ = self.skin.warp(lms, torch.full((len(lms),), frame, dtype=torch.long, device=lms.device))
+            c = camera.to(self.device)
+            px = project(moved, c.camera_to_worlds[0], c.fx[0, 0], c.fy[0, 0], c.cx[0, 0], c.cy[0, 0])
+            target = batch["landmarks_px"].to(self.device)[17:]
+            ok = torch.isfinite(target).all(-1)
+            if ok.any():
+                out["keypoint_error"] = float((px[ok] - target[ok]).norm(dim=-1).mean())
+        return out
+
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def canonical_sdf(self, points: Tensor) -> Tensor:
+        """SDF of canonical points under the default frame's code (the canonical mesh)."""
+        return self.field.forward_geonetwork(points)[:, 0]
+
+    @torch.no_grad()
+    def deform_vertices(
+        self, vertices: Tensor, frame: Optional[int] = None, expression: Optional[Tensor] = None,
+        pose: Optional[Tensor] = None, chunk: int = 1 << 15,
+    ) -> Tensor:  # fmt: skip
+        """Canonical mesh vertices moved by the learned fields into a tracked frame or explicit parameters."""
+        out = []
+        for start in range(0, vertices.shape[0], chunk):
+            v = vertices[start : start + chunk]
+            if frame is not None:
+                out.append(self.skin.warp(v, torch.full((v.shape[0],), int(frame), dtype=torch.long, device=v.device))[0])
+            else:
+                out.append(self.skin.warp_explicit(v, expression, pose))
+        return torch.cat(out)
 
     # ------------------------------------------------------------------ losses
     def flame_loss(self, canonical: Tensor) -> Tensor:

@@ -1,0 +1,68 @@
+"""Geometry metrics of the papers: normal angle error in the face region and keypoint error.
+
+Ground-truth normal maps exist for synthetic subjects (``hs-synth``): ``gt/<sequence>/normal/
+<stem>.png``, 16-bit, ``(n + 1) / 2`` in OpenCV camera coordinates, 0 on the background.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+OPENCV_FROM_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+
+
+def gt_normal_path(image: Path) -> Optional[Path]:
+    """``gt/<sequence>/normal/<stem>.png`` of a subject's image, if the subject has one."""
+    image = Path(image)
+    for root in image.parents:
+        if (root / "gt").is_dir():
+            rel = image.relative_to(root).parts
+            candidate = root / "gt" / rel[0] / "normal" / f"{image.stem}.png"
+            return candidate if candidate.exists() else None
+    return None
+
+
+def load_gt_normal(path: Path, height: int, width: int) -> Float[Tensor, "H W 3"]:
+    """Unit normals (OpenCV camera coordinates) resized to the image, zero where there is none."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 3:
+        raise ValueError(f"{path}: not a 3-channel normal map")
+    raw = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+    if raw.shape[:2] != (height, width):
+        raw = cv2.resize(raw, (width, height), interpolation=cv2.INTER_NEAREST)
+    valid = raw.astype(np.int64).sum(-1) > 0
+    n = raw.astype(np.float32) / 65535.0 * 2.0 - 1.0
+    n[~valid] = 0.0
+    return torch.from_numpy(n)
+
+
+def camera_normals_to_world(normals: Float[Tensor, "H W 3"], c2w: Float[Tensor, "3 4"]) -> Float[Tensor, "H W 3"]:
+    """OpenCV camera-space normals to world space with a nerfstudio (OpenGL) camera-to-world."""
+    rot = c2w[:3, :3].to(normals) @ OPENCV_FROM_OPENGL.to(normals)
+    return normals @ rot.T
+
+
+def normal_angle_error(
+    pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"], region: Bool[Tensor, "H W"]
+) -> float:
+    """Mean angle in degrees between normals over ``region`` (where both exist); NaN if empty."""
+    valid = region & (gt.norm(dim=-1) > 0.5) & (pred.norm(dim=-1) > 0.5)
+    if not valid.any():
+        return float("nan")
+    cos = (torch.nn.functional.normalize(pred[valid], dim=-1) * torch.nn.functional.normalize(gt[valid], dim=-1)).sum(-1)
+    return float(torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))).mean())
+
+
+def project(points: Float[Tensor, "N 3"], c2w: Float[Tensor, "3 4"], fx, fy, cx, cy) -> Float[Tensor, "N 2"]:
+    """Pixel coordinates of world points in a nerfstudio (OpenGL) pinhole camera."""
+    rot, t = c2w[:3, :3].to(points), c2w[:3, 3].to(points)
+    cam = (points - t) @ rot  # world -> camera: R^T (p - t)
+    depth = (-cam[:, 2]).clamp_min(1e-6)
+    return torch.stack([cx + fx * cam[:, 0] / depth, cy - fy * cam[:, 1] / depth], dim=-1)
