@@ -327,3 +327,19 @@ def test_registered_with_nerfstudio():
     methods, _ = discover_methods()
     cfg = methods["imavatar-surface"]
     assert cfg.pipeline.model.sdf_field and cfg.pipeline.datamanager.dataparser.__class__.__name__ == "FlameVideoDataParserConfig"
+
+
+@pytest.mark.parametrize("deformer", ["d-net", "b-morph"])
+def test_ablation_deformers_train_geometry_and_their_network(subjects, deformer):
+    pipe = _pipeline(subjects["imavatar"], deformer=deformer)
+    model = pipe.model
+    model.train()
+    assert set(pipe.get_param_groups()["deformation"]) == set(model.backward_net.parameters())
+    ray_bundle, batch = pipe.datamanager.next_train(0)
+    outputs = model(ray_bundle)
+    assert outputs["hit"].any()
+    losses = model.get_loss_dict(outputs, batch)
+    assert set(losses) == {"rgb_loss", "mask_loss", "flame_loss"} and losses["flame_loss"] > 0
+    sum(losses.values()).backward()
+    for name, net in (("geometry", model.geometry), ("texture", model.texture), (deformer, model.backward_net)):
+        assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0, name

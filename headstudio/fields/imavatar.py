@@ -132,6 +132,48 @@ class GeometryNetwork(nn.Module):
         return sdf, feat, grad
 
 
+def _he_init(lin: nn.Linear) -> None:
+    nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0) / math.sqrt(lin.out_features))
+    nn.init.zeros_(lin.bias)
+
+
+class _Trunk(nn.Module):
+    """Softplus(beta=100) MLP with weight normalisation on a point (and an optional condition)."""
+
+    def __init__(self, dims: Sequence[int], frequencies: int = 0, condition_dim: int = 0, use_weight_norm: bool = True):
+        super().__init__()
+        self.encoding = _encoding(frequencies)
+        in_dim = (self.encoding.get_out_dim() if self.encoding is not None else 3) + condition_dim
+        sizes = [in_dim, *dims]
+
+        self.layers = nn.ModuleList(_linear(sizes[i], sizes[i + 1], use_weight_norm, _he_init) for i in range(len(dims)))
+        self.softplus = nn.Softplus(beta=100)
+
+    def forward(self, x: Tensor, condition: Optional[Tensor] = None) -> Tensor:
+        h = _encode(self.encoding, x)
+        if condition is not None:
+            h = torch.cat([h, condition], dim=-1)
+        for layer in self.layers:
+            h = self.softplus(layer(h))
+        return h
+
+
+class DisplacementNetwork(nn.Module):
+    """D-Net ablation (seed 002 §4.2): deformed point, expression and pose -> displacement to canonical space."""
+
+    def __init__(self, condition_dim: int, dims: Sequence[int] = (128,) * 4, scene_scale: float = 1.0,
+                 use_weight_norm: bool = True) -> None:  # fmt: skip
+        super().__init__()
+        self.scene_scale = scene_scale
+        self.trunk = _Trunk(dims, 0, condition_dim, use_weight_norm)
+        self.out = nn.Linear(dims[-1], 3)
+        nn.init.zeros_(self.out.weight)  # supp. 2.2: the displacement starts at zero
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, points: Float[Tensor, "N 3"], condition: Float[Tensor, "N C"]) -> Float[Tensor, "N 3"]:
+        return self.out(self.trunk(points / self.scene_scale, condition)) * self.scene_scale
+
+
 class DeformationNetwork(nn.Module):
     """Canonical point -> expression blendshapes, pose correctives and skinning weights."""
 
@@ -145,22 +187,15 @@ class DeformationNetwork(nn.Module):
         weight_temperature: float = 20.0,
         scene_scale: float = 1.0,
         use_weight_norm: bool = True,
+        condition_dim: int = 0,
     ) -> None:
         super().__init__()
         self.num_expression, self.num_pose_features, self.num_joints = num_expression, num_pose_features, num_joints
         self.scene_scale, self.weight_temperature = scene_scale, weight_temperature
-        self.encoding = _encoding(frequencies)
-        in_dim = self.encoding.get_out_dim() if self.encoding is not None else 3
-        sizes = [in_dim, *dims]
-
-        def init(lin: nn.Linear) -> None:
-            nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0) / math.sqrt(lin.out_features))
-            nn.init.zeros_(lin.bias)
-
-        self.layers = nn.ModuleList(_linear(sizes[i], sizes[i + 1], use_weight_norm, init) for i in range(len(dims)))
-        width = sizes[-1]
+        self.trunk = _Trunk(dims, frequencies, condition_dim, use_weight_norm)
+        width = dims[-1]
         self.blendshapes = nn.Linear(width, 3 * (num_expression + num_pose_features))
-        self.skinning_hidden = _linear(width, width, use_weight_norm, init)
+        self.skinning_hidden = _linear(width, width, use_weight_norm, _he_init)
         self.skinning = nn.Linear(width, num_joints)
         for lin in (self.blendshapes, self.skinning):  # zero blendshapes, uniform weights
             nn.init.zeros_(lin.weight)
@@ -168,13 +203,11 @@ class DeformationNetwork(nn.Module):
         self.softplus = nn.Softplus(beta=100)
 
     def forward(
-        self, points: Float[Tensor, "N 3"]
+        self, points: Float[Tensor, "N 3"], condition: Optional[Float[Tensor, "N C"]] = None
     ) -> Tuple[Float[Tensor, "N 3 E"], Float[Tensor, "N 3 P"], Float[Tensor, "N J"]]:
-        """``(E, P, W)``: expression dirs, pose-corrective dirs (FLAME layout) and skinning weights."""
-        x = points / self.scene_scale
-        h = _encode(self.encoding, x)
-        for layer in self.layers:
-            h = self.softplus(layer(h))
+        """``(E, P, W)``: expression dirs, pose-corrective dirs (FLAME layout) and skinning weights.
+        ``condition`` only for the B-Morph ablation (deformed point plus expression and pose)."""
+        h = self.trunk(points / self.scene_scale, condition)
         shapes = self.blendshapes(h) * self.scene_scale
         n_e = self.num_expression
         expr_dirs = shapes[:, : 3 * n_e].reshape(-1, 3, n_e)

@@ -37,7 +37,13 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from headstudio.deformers.forward_skinning import CANONICAL_JAW_PITCH, ForwardSkinning
-from headstudio.fields.imavatar import CanonicalHeadField, DeformationNetwork, GeometryNetwork, TextureNetwork
+from headstudio.fields.imavatar import (
+    CanonicalHeadField,
+    DeformationNetwork,
+    DisplacementNetwork,
+    GeometryNetwork,
+    TextureNetwork,
+)
 from headstudio.latent_codes import FrameCodes
 from headstudio.metrics.geometry import normal_angle_error, project
 from headstudio.models.head_model import HeadModel
@@ -72,6 +78,12 @@ class IMavatarSurfaceModelConfig(ModelConfig):
     """Texture MLP hidden layers (supp. Fig. 7; public configuration: 4 x 512)."""
     texture_frequencies: int = 4
     """Positional-encoding frequencies of the canonical point into the texture (public configuration: 4)."""
+    deformer: Literal["forward", "d-net", "b-morph"] = "forward"
+    """forward: IMavatar's forward skinning fields on canonical points with root finding. Ablations of §4.2,
+    backward maps on the deformed point, expression and pose (no root finding): d-net (displacement) and
+    b-morph (blendshapes, correctives and weights, inverse LBS); both supervised by FLAME like eq. 13."""
+    flame_displacement_mult: float = 1000.0
+    """D-Net's FLAME displacement loss weight (§4.2 says "similar to Eq. 13"; ours: lambda_e's 1000)."""
     canonical_jaw_pitch: float = CANONICAL_JAW_PITCH
     """Jaw pitch of the canonical pose (supp. 2.5: 0.2)."""
     # --- rendering
@@ -141,6 +153,17 @@ class IMavatarSurfaceModel(HeadModel):
             scene_scale=self.scene_scale,
         )
         self.skin = ForwardSkinning(deformer, track, jaw_pitch=cfg.canonical_jaw_pitch)
+        self.backward_net: Optional[torch.nn.Module] = None
+        if cfg.deformer != "forward":  # ablations: conditioned on the deformed point, expression and pose
+            cond = self.subject.num_expression + track.pose.shape[1]
+            if cfg.deformer == "d-net":
+                self.backward_net = DisplacementNetwork(cond, dims=cfg.deformation_dims, scene_scale=self.scene_scale)
+            else:
+                self.backward_net = DeformationNetwork(
+                    num_expression=self.subject.num_expression, num_pose_features=deformer.num_pose_features,
+                    num_joints=deformer.num_joints, dims=cfg.deformation_dims,
+                    weight_temperature=cfg.skinning_temperature, scene_scale=self.scene_scale, condition_dim=cond,
+                )  # fmt: skip
         texture = TextureNetwork(
             condition_dim=3 + self.subject.num_expression,
             feature_dim=cfg.feature_dim,
@@ -177,7 +200,7 @@ class IMavatarSurfaceModel(HeadModel):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
             "fields": list(self.geometry.parameters()) + list(self.texture.parameters()),
-            "deformation": list(self.skin.deformer.parameters()),
+            "deformation": list((self.backward_net or self.skin.deformer).parameters()),
             "latent_codes": list(self.latent_codes.parameters()),
         }
 
@@ -185,6 +208,32 @@ class IMavatarSurfaceModel(HeadModel):
     def sdf(self, canonical: Tensor, frame: Tensor) -> Tensor:
         """SDF of canonical points under their frames' latent codes."""
         return self.geometry.sdf(canonical, self.latent_codes(frame))
+
+    def correspond(self, points: Tensor, frame: Tensor) -> Tuple[Tensor, Tensor]:
+        """Canonical candidates of deformed points (root finding, or the backward ablation's one point)."""
+        cfg = self.config
+        if self.backward_net is None:
+            return self.skin.correspondences(points, frame, max_steps=cfg.broyden_max_steps,
+                                             tol=cfg.broyden_tolerance, drop_converged=cfg.renderer == "fast")  # fmt: skip
+        x_c = self.backward_canonical(points, frame)
+        return x_c[:, None], torch.ones(points.shape[0], 1, dtype=torch.bool, device=points.device)
+
+    def backward_condition(self, frame: Tensor) -> Tensor:
+        return torch.cat([self.skin.expression[frame], self.subject.track.pose[frame]], dim=-1)
+
+    def backward_canonical(self, points: Tensor, frame: Tensor) -> Tensor:
+        """D-Net / B-Morph: deformed points straight to canonical space (differentiable)."""
+        cond = self.backward_condition(frame)
+        if self.config.deformer == "d-net":
+            return points + self.backward_net(points, cond)
+        expr_dirs, pose_dirs, weights = self.backward_net(points, cond)
+        blended = torch.einsum("nj,njrc->nrc", weights, self.skin.transforms[frame])
+        unskinned = torch.linalg.solve(blended[:, :3, :3], (points - blended[:, :3, 3])[..., None])[..., 0]
+        return (
+            unskinned
+            - torch.einsum("nce,ne->nc", expr_dirs, self.skin.expression[frame])
+            - torch.einsum("ncp,np->nc", pose_dirs, self.skin.pose_features[frame])
+        )
 
     def occupancy_logit(self, sdf: Tensor) -> Tensor:
         return -self.config.occupancy_sharpness * sdf / self.scene_scale
@@ -204,9 +253,8 @@ class IMavatarSurfaceModel(HeadModel):
         near, far = self.ray_bounds(origins, directions, frames)
         fast = cfg.renderer == "fast"
         res = march(
-            origins, directions, frames, near, far, self.skin, self.sdf,
+            origins, directions, frames, near, far, self.correspond, self.sdf,
             num_steps=cfg.num_steps, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps if fast else 0,
-            dense=not fast, max_steps=cfg.broyden_max_steps, tol=cfg.broyden_tolerance,
         )  # fmt: skip
         n = origins.shape[0]
         rgb = self.background.to(origins).expand(n, 3).clone()
@@ -215,7 +263,10 @@ class IMavatarSurfaceModel(HeadModel):
         canonical = res.canonical
         hit = torch.nonzero(res.hit).reshape(-1)
         if hit.numel():
-            x_c, colour, n_d, sdf = self.shade(res.canonical[hit], frames[hit], origins[hit], directions[hit])
+            if self.backward_net is None:
+                x_c, colour, n_d, sdf = self.shade(res.canonical[hit], frames[hit], origins[hit], directions[hit])
+            else:
+                x_c, colour, n_d, sdf = self.shade_backward(res.t[hit], frames[hit], origins[hit], directions[hit])
             rgb = rgb.index_put((hit,), colour)
             normal = normal.index_put((hit,), n_d)
             logit = logit.index_put((hit,), self.occupancy_logit(sdf))
@@ -223,7 +274,10 @@ class IMavatarSurfaceModel(HeadModel):
         miss = torch.nonzero(res.valid & ~res.hit).reshape(-1)
         if miss.numel():
             target = origins[miss] + res.t[miss, None] * directions[miss]
-            x_c = self.correspondence_with_gradient(res.canonical[miss], frames[miss], target)
+            if self.backward_net is None:
+                x_c = self.correspondence_with_gradient(res.canonical[miss], frames[miss], target)
+            else:
+                x_c = self.backward_canonical(target, frames[miss])
             logit = logit.index_put((miss,), self.occupancy_logit(self.sdf(x_c, frames[miss])))
             canonical = canonical.index_put((miss,), x_c)
         return {
@@ -235,6 +289,8 @@ class IMavatarSurfaceModel(HeadModel):
             "hit": res.hit[:, None],
             "valid": res.valid[:, None],
             "canonical": canonical,
+            "deformed": origins + res.t[:, None] * directions,
+            "frame": frames[:, None],
         }
 
     def surface_point_with_gradient(
@@ -283,6 +339,31 @@ class IMavatarSurfaceModel(HeadModel):
         colour = self.texture(x_c, normal_d, condition, feature)
         return x_c, colour, normal_d, sdf
 
+    def shade_backward(
+        self, t: Tensor, frames: Tensor, origins: Tensor, directions: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Hit rays of a backward ablation: the ray parameter gets the implicit gradient of
+        ``sdf(b(o + t d)) = 0`` (1-D eq. 10), the normal is the SDF gradient through ``b``."""
+        codes = self.latent_codes(frames)
+        with torch.enable_grad():
+            t_leaf = t.detach().clone().requires_grad_(True)
+            h = self.geometry.sdf(self.backward_canonical(origins + t_leaf[:, None] * directions, frames), codes)
+            (dh_dt,) = torch.autograd.grad(h.sum(), t_leaf, retain_graph=True)
+            t_s = t.detach()
+            if self.training:
+                t_s = implicit_root(t_s[:, None], h[:, None], dh_dt.detach()[:, None, None])[:, 0]
+            x_d = origins + t_s[:, None] * directions
+            x_d_leaf = x_d.detach().requires_grad_(True)
+            x_c_leaf = self.backward_canonical(x_d_leaf, frames)
+            rows = [torch.autograd.grad(x_c_leaf[:, i].sum(), x_d_leaf, retain_graph=i < 2)[0] for i in range(3)]
+            jac_b = torch.stack(rows, dim=1)  # d x_c / d x_d
+            x_c = self.backward_canonical(x_d, frames)
+        sdf, feature, grad = self.geometry.gradient(x_c, codes, create_graph=self.training)
+        normal_d = F.normalize((jac_b.transpose(1, 2) @ grad[..., None])[..., 0], dim=-1)
+        pose = self.subject.track.pose[frames]
+        condition = torch.cat([pose[:, 6:9], self.subject.track.expression[frames]], dim=-1)
+        return x_c, self.texture(x_c, normal_d, condition, feature), normal_d, sdf
+
     # ------------------------------------------------------------------ metrics
     def geometry_metrics(self, outputs: Dict[str, Tensor], batch: Dict) -> Dict[str, float]:
         """The paper's geometry metrics (§4.3): normal angle error (degrees) in the face region against
@@ -294,7 +375,8 @@ class IMavatarSurfaceModel(HeadModel):
             region = region & outputs["hit"][..., 0].bool()
             out["normal_error"] = normal_angle_error(outputs["normal"], batch["gt_normal_world"].to(self.device), region)
         camera = batch.get("camera")
-        if camera is not None and "landmarks_px" in batch and camera.metadata and "frame_index" in camera.metadata:
+        forward = self.backward_net is None  # the ablations have no forward map to move landmarks with
+        if forward and camera is not None and "landmarks_px" in batch and camera.metadata and "frame_index" in camera.metadata:
             frame = int(camera.metadata["frame_index"].reshape(-1)[0])
             lms = self.skin.canonical_landmarks[17:]
             with torch.no_grad():
@@ -341,6 +423,23 @@ class IMavatarSurfaceModel(HeadModel):
             + cfg.flame_weights_mult * (weights - self.gt_weights[idx]).square().sum(-1)
         )
 
+    def backward_flame_loss(self, deformed: Tensor, frames: Tensor) -> Tensor:
+        """D-Net / B-Morph pseudo ground truth from the nearest vertex of the frame's FLAME mesh."""
+        cfg = self.config
+        track = self.subject.track
+        x_d = deformed.detach()
+        idx, _ = self.nearest(x_d, frames, track.vertices)
+        cond = self.backward_condition(frames)
+        if cfg.deformer == "d-net":
+            target = self.skin.canonical_vertices[idx] - track.vertices[frames, idx]
+            return cfg.flame_displacement_mult * (self.backward_net(x_d, cond) - target).square().sum(-1)
+        expr, pose, weights = self.backward_net(x_d, cond)
+        return (
+            cfg.flame_expression_mult * (expr - self.gt_expr_dirs[idx]).square().flatten(1).sum(-1)
+            + cfg.flame_pose_mult * (pose - self.gt_pose_dirs[idx]).square().flatten(1).sum(-1)
+            + cfg.flame_weights_mult * (weights - self.gt_weights[idx]).square().sum(-1)
+        )
+
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         cfg = self.config
         device = outputs["rgb"].device
@@ -357,6 +456,10 @@ class IMavatarSurfaceModel(HeadModel):
                                                  reduction="sum")  # fmt: skip
         losses["mask_loss"] = cfg.mask_loss_mult * bce / n
         if cfg.use_flame_loss:
-            fl = self.flame_loss(outputs["canonical"][hit]) if hit.any() else torch.zeros(0, device=device)
+            fl = torch.zeros(0, device=device)
+            if hit.any() and self.backward_net is None:
+                fl = self.flame_loss(outputs["canonical"][hit])
+            elif hit.any():
+                fl = self.backward_flame_loss(outputs["deformed"][hit], outputs["frame"].reshape(-1)[hit])
             losses["flame_loss"] = cfg.flame_loss_mult * fl.sum() / n
         return losses

@@ -2,9 +2,9 @@
 
 Rays are marched in deformed space (IDR-style sampling, no sphere tracing: SDF values are
 not distances after a non-rigid warp, supp. 2.3). Each sample's SDF is read at its
-canonical correspondences (``ForwardSkinning.correspondences``: Broyden from several bones'
-inverse transforms); of the converged roots the largest SDF wins (the paper's minimum
-occupancy). The first outside-to-inside sign change is refined by secant steps; a ray
+canonical correspondences (for the forward map ``ForwardSkinning.correspondences``: Broyden
+from several bones' inverse transforms; for a backward deformer, its one mapped point); of
+the converged roots the largest SDF wins (the paper's minimum occupancy). The first outside-to-inside sign change is refined by secant steps; a ray
 without one reports its sample of smallest SDF, where the mask loss acts.
 
 Two modes, the same answer where the surface lies inside the FLAME mesh's bounds:
@@ -24,9 +24,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headstudio.deformers.forward_skinning import ForwardSkinning
-
 SdfFn = Callable[[Float[Tensor, "M 3"], Int[Tensor, "M"]], Float[Tensor, "M"]]
+CorrespondFn = Callable[[Float[Tensor, "M 3"], Int[Tensor, "M"]], Tuple[Float[Tensor, "M K 3"], Bool[Tensor, "M K"]]]
+"""Canonical candidates of deformed points and which are valid: root finding for a forward map
+(``ForwardSkinning.correspondences``), the single mapped point for a backward one."""
 
 
 @dataclass
@@ -57,16 +58,10 @@ def ray_box(
 
 @torch.no_grad()
 def deformed_sdf(
-    points: Float[Tensor, "M 3"],
-    frame: Int[Tensor, "M"],
-    skin: ForwardSkinning,
-    sdf_fn: SdfFn,
-    max_steps: int = 10,
-    tol: float = 1e-5,
-    dense: bool = False,
+    points: Float[Tensor, "M 3"], frame: Int[Tensor, "M"], correspond: CorrespondFn, sdf_fn: SdfFn
 ) -> Tuple[Float[Tensor, "M"], Float[Tensor, "M 3"], Bool[Tensor, "M"]]:
-    """SDF of deformed points: the largest over their converged canonical roots (+inf: none)."""
-    roots, ok = skin.correspondences(points, frame, max_steps=max_steps, tol=tol, drop_converged=not dense)
+    """SDF of deformed points: the largest over their valid canonical candidates (+inf: none)."""
+    roots, ok = correspond(points, frame)
     m, k = ok.shape
     sdf = torch.full((m, k), -float("inf"), device=points.device)
     if ok.any():
@@ -85,20 +80,16 @@ def march(
     frame: Int[Tensor, "N"],
     near: Float[Tensor, "N"],
     far: Float[Tensor, "N"],
-    skin: ForwardSkinning,
+    correspond: CorrespondFn,
     sdf_fn: SdfFn,
     num_steps: int = 100,
     num_secant: int = 8,
     chunk_steps: int = 0,
-    dense: bool = False,
-    max_steps: int = 10,
-    tol: float = 1e-5,
 ) -> MarchResult:
     """March rays between ``near`` and ``far`` to the first surface crossing.
 
     ``chunk_steps`` > 0 evaluates that many samples per ray at a time, front to back, and
-    stops rays that have crossed (0: all samples at once). ``dense`` disables dropping
-    converged correspondences (the reference for the speed measurement).
+    stops rays that have crossed (0: all samples at once).
     """
     n, dev = origins.shape[0], origins.device
     hit = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -122,7 +113,7 @@ def march(
         t = near[live, None] + (far - near)[live, None] * s  # L S
         pts = origins[live, None] + t[..., None] * directions[live, None]
         fr = frame[live, None].expand_as(t)
-        sdf, roots, ok = deformed_sdf(pts.reshape(-1, 3), fr.reshape(-1), skin, sdf_fn, max_steps, tol, dense)
+        sdf, roots, ok = deformed_sdf(pts.reshape(-1, 3), fr.reshape(-1), correspond, sdf_fn)
         num_samples += pts.shape[0] * pts.shape[1]
         sdf, roots, ok = sdf.reshape(t.shape), roots.reshape(*t.shape, 3), ok.reshape(t.shape)
         # Smallest SDF so far (the mask loss point of a ray that misses).
@@ -157,7 +148,7 @@ def march(
         for _ in range(max(1, num_secant)):
             mid_t = a_t - a_s * (b_t - a_t) / (b_s - a_s)
             pts = origins[rows] + mid_t[:, None] * directions[rows]
-            s, r, ok = deformed_sdf(pts, frame[rows], skin, sdf_fn, max_steps, tol, dense)
+            s, r, ok = deformed_sdf(pts, frame[rows], correspond, sdf_fn)
             num_samples += pts.shape[0]
             s = torch.where(ok, s, torch.zeros_like(s))
             inside = s < 0
