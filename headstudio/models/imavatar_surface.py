@@ -25,6 +25,7 @@ whose 0.5 level is that same surface (see the config's ``occupancy_sharpness``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
@@ -96,11 +97,12 @@ class IMavatarSurfaceModelConfig(ModelConfig):
     broyden_tolerance: float = 1e-5
     """Convergence threshold of the correspondence residual (supp. 2.4: 1e-5)."""
     renderer: Literal["fast", "dense"] = "fast"
-    """fast: march only inside the frame's FLAME mesh bounds, front to back, dropping converged roots;
-    dense: every sample of the scene box, every start, every Broyden step (the reference)."""
+    """fast: march only inside the frame's FLAME mesh bounds (at the dense renderer's sample spacing), front to
+    back, dropping converged roots; dense: num-steps samples over the scene box, every start, every Broyden
+    step (the reference)."""
     bounds_margin: float = 0.15
     """Margin around the frame's deformed FLAME mesh box for the fast renderer, world units (ours)."""
-    chunk_steps: int = 16
+    chunk_steps: int = 8
     """Samples per ray evaluated at a time by the fast renderer before hit rays stop (ours)."""
     # --- losses
     occupancy_sharpness: float = 50.0
@@ -252,9 +254,15 @@ class IMavatarSurfaceModel(HeadModel):
         directions = F.normalize(ray_bundle.directions.reshape(-1, 3), dim=-1)
         near, far = self.ray_bounds(origins, directions, frames)
         fast = cfg.renderer == "fast"
+        steps = cfg.num_steps
+        if fast:  # the dense renderer's sample spacing over the shorter in-mesh-bounds segment
+            aabb = self.scene_box.aabb.to(origins)
+            box_near, box_far = ray_box(origins, directions, aabb[0].expand_as(origins), aabb[1].expand_as(origins))
+            ratio = ((far - near).clamp_min(0) / (box_far - box_near).clamp_min(1e-6)).max().clamp(max=1.0)
+            steps = max(2, int(math.ceil(cfg.num_steps * float(ratio))))
         res = march(
             origins, directions, frames, near, far, self.correspond, self.sdf,
-            num_steps=cfg.num_steps, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps if fast else 0,
+            num_steps=steps, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps if fast else 0,
         )  # fmt: skip
         n = origins.shape[0]
         rgb = self.background.to(origins).expand(n, 3).clone()
