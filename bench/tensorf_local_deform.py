@@ -126,6 +126,8 @@ def run_variant(variant: str, args) -> dict:
         row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         row["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.timing_only:
+        return row
     start = time.perf_counter()
     if variant == "tensorf":
         pipeline.eval()
@@ -162,6 +164,7 @@ def main() -> None:
         "--rignerf-width", type=int, default=256 if torch.cuda.is_available() else 128,
         help="rignerf-star's NeRF trunk width (NeRF: 256; 128 by default on CPU, for time)",
     )
+    ap.add_argument("--timing-only", action="store_true", help="train and time, skip the evaluation")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
@@ -184,6 +187,8 @@ def main() -> None:
                 "tto_steps", "rignerf_width")  # fmt: skip
         for k in keys:
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        if args.timing_only:
+            cmd.append("--timing-only")
         print(f"[bench] {variant} ...", flush=True)
         res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if res.returncode != 0:
