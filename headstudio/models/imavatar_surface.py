@@ -309,13 +309,13 @@ class IMavatarSurfaceModel(HeadModel):
         ``G(x_c) = [sdf(x_c), B (w(x_c) - o)]`` with ``B`` two unit vectors across the ray: zero
         exactly when x_c is on the surface and its deformed point on the ray.
         """
-        x_d, jac_w = self.skin.warp_jacobian(root, frames)
+        _, jac_w = self.skin.warp_jacobian(root, frames)
         helper = torch.where(directions[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0]).to(root),
                              torch.tensor([0.0, 1.0, 0.0]).to(root))  # fmt: skip
         b1 = F.normalize(torch.cross(directions, helper, dim=-1), dim=-1)
         b2 = torch.cross(directions, b1, dim=-1)
         basis = torch.stack([b1, b2], dim=1)  # N 2 3
-        sdf, _, grad = self.geometry.gradient(root, self.latent_codes(frames), create_graph=False)
+        _, _, grad = self.geometry.gradient(root, self.latent_codes(frames), create_graph=False)
         with torch.enable_grad():
             sdf_live = self.sdf(root.detach(), frames)
             warped, _ = self.skin.warp(root.detach(), frames)
