@@ -15,7 +15,7 @@ through the iterations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -32,6 +32,8 @@ class RootResult:
     """Residual norm at ``root``."""
     steps: Int[Tensor, "N"]
     """Iterations each problem took."""
+    stopped: Bool[Tensor, "N"]
+    """Left early because ``stop`` said so (``root`` is then the iterate it said it for)."""
 
 
 @torch.no_grad()
@@ -42,6 +44,7 @@ def broyden(
     max_steps: int = 10,
     tol: float = 1e-5,
     drop_converged: bool = True,
+    stop: Optional[Callable[[Float[Tensor, "M D"], Int[Tensor, "M"]], Bool[Tensor, "M"]]] = None,
 ) -> RootResult:
     """Solve ``fn(x, ids) = 0`` for N independent D-dimensional problems.
 
@@ -50,6 +53,8 @@ def broyden(
     the initialising bone's rotation). Stops a problem when its residual norm is below
     ``tol`` or after ``max_steps`` updates (IMavatar supp. 2.4: 10 steps, 1e-5).
     ``drop_converged=False`` keeps iterating every problem for all steps (the dense reference).
+    ``stop(x, ids)``, checked on the start and after every update of the active problems,
+    removes those it marks (e.g. an iterate that reached a root already known) as ``stopped``.
     """
     n = x0.shape[0]
     ids_all = torch.arange(n, device=x0.device)
@@ -59,9 +64,15 @@ def broyden(
     res = g.norm(dim=-1)
     steps = torch.zeros(n, dtype=torch.long, device=x0.device)
     best_x, best_res = x.clone(), res.clone()
+    stopped = torch.zeros(n, dtype=torch.bool, device=x0.device)
     active = torch.nonzero(res >= tol).reshape(-1) if drop_converged else ids_all
-    for _ in range(max_steps):
-        if active.numel() == 0:
+    for step in range(max_steps + 1):
+        if stop is not None and active.numel():
+            halt = stop(x[active], active)
+            stopped[active[halt]] = True
+            best_x[active[halt]] = x[active[halt]]
+            active = active[~halt]
+        if active.numel() == 0 or step == max_steps:
             break
         ja, ga = j_inv[active], g[active]
         dx = -(ja @ ga[..., None])[..., 0]
@@ -82,7 +93,7 @@ def broyden(
         best_x[idx], best_res[idx] = x_new[better], r[better]
         if drop_converged:
             active = active[r >= tol]
-    return RootResult(best_x, best_res < tol, best_res, steps)
+    return RootResult(best_x, best_res < tol, best_res, steps, stopped)
 
 
 class _ImplicitRoot(torch.autograd.Function):

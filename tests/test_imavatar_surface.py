@@ -169,6 +169,54 @@ def test_correspondence_search_inverts_the_forward_map(flame):
     assert (err[converged.any(dim=1)] < 1e-3).float().mean() > 0.95
 
 
+def test_merged_starts_find_the_same_roots_with_less_work(flame):
+    """The fast renderer's merging: every distinct root the independent starts find is still found,
+    duplicates are exact copies (read once by ``deformed_sdf``), and the solver does less work."""
+    from headstudio.rendering.implicit_surface import deformed_sdf
+
+    skin, track = _skinning(flame)
+    canon = skin.canonical_vertices[::20] + 0.01 * torch.randn(len(skin.canonical_vertices[::20]), 3)
+    frame = torch.arange(len(canon)) % 3
+    with torch.no_grad():
+        deformed, _ = skin.warp(canon, frame)
+    evaluated = []
+    warp = skin.warp
+    skin.warp = lambda x, f: (evaluated.append(len(x)), warp(x, f))[1]
+    roots_a, ok_a = skin.correspondences(deformed, frame)
+    work_a, evaluated[:] = sum(evaluated), []
+    roots_b, ok_b = skin.correspondences(deformed, frame, merge_radius=1e-3)
+    work_b = sum(evaluated)
+    assert work_b < 0.9 * work_a, (work_b, work_a)
+    assert torch.equal(ok_a.any(1), ok_b.any(1))
+    # Each independent root has a merged root within the merge radius (plus the tolerance), and vice versa.
+    d = (roots_a[:, :, None] - roots_b[:, None]).norm(dim=-1)
+    d_ab = d.masked_fill(~ok_b[:, None], float("inf")).min(dim=2).values[ok_a]
+    d_ba = d.masked_fill(~ok_a[:, :, None], float("inf")).min(dim=1).values[ok_b]
+    assert d_ab.max() < 2e-3 and d_ba.max() < 2e-3
+    dup = (roots_b[:, 1:] == roots_b[:, :1]).all(-1) & ok_b[:, 1:]
+    assert dup.float().mean() > 0.5
+    read = []
+
+    def sdf_fn(x, f):
+        read.append(len(x))
+        return x.norm(dim=-1) - 0.5
+
+    skin.warp = warp
+    best, _, valid = deformed_sdf(deformed, frame, lambda p, f: (roots_b, ok_b), sdf_fn)
+    distinct = ok_b.sum() - dup.sum() - ((roots_b[:, 2] == roots_b[:, 1]).all(-1) & ok_b[:, 1] & ok_b[:, 2] & ~dup[:, 1]).sum()
+    assert sum(read) == int(distinct)
+    ref = (roots_b.norm(dim=-1) - 0.5).masked_fill(~ok_b, -float("inf")).max(dim=1).values
+    assert torch.allclose(best[valid], ref[valid])
+
+
+def test_broyden_stop_removes_problems_early():
+    target = torch.linspace(1.0, 2.0, 6)[:, None]
+    result = broyden(lambda x, ids: x - target[ids], torch.zeros(6, 1), torch.eye(1).expand(6, 1, 1).clone() * 0.5,
+                     stop=lambda x, ids: (ids % 2 == 0) & (x[:, 0] > 0.0))  # fmt: skip
+    assert result.stopped.tolist() == [True, False] * 3
+    assert (result.steps[0::2] == 1).all() and (result.root[1::2, 0] - target[1::2, 0]).abs().max() < 1e-5
+
+
 # ---------------------------------------------------------------------------------- the model
 SMALL = dict(geometry_dims=(96,) * 4, geometry_skip=(2,), feature_dim=16, deformation_dims=(32,) * 3,
              texture_dims=(32,) * 2, num_steps=24, num_secant_steps=4, chunk_steps=8)  # fmt: skip
@@ -217,6 +265,55 @@ def test_rays_hit_the_initial_sphere_and_gradients_reach_every_network(pipeline)
     assert model.latent_codes.codes.grad is not None
     first = model.geometry.layers[0].parametrizations.weight.original1
     assert first.grad[:, -model.config.latent_dim :].abs().sum() > 0
+
+
+def test_fast_renderer_matches_the_dense_reference_on_the_initial_sphere(pipeline):
+    """The initial sphere pokes out of the FLAME-mesh bounds: the fast renderer marches those rays' front
+    segment too, so it hits the pixels the dense reference hits, at the same depth."""
+    model = pipeline.model
+    model.eval()
+    torch.manual_seed(2)
+    ray_bundle, _ = pipeline.datamanager.next_train(0)
+    out = {}
+    with torch.no_grad():
+        for mode in ("fast", "dense"):
+            model.config.renderer = mode
+            out[mode] = model(ray_bundle)
+    model.config.renderer = "fast"
+    hit = out["dense"]["hit"]
+    fast_hit = out["fast"]["hit"]
+    # Grazing rays may differ (the two sample the ray at different places); the rest must agree.
+    assert hit.sum() > 50 and (fast_hit == hit).float().mean() > 0.97, (hit.sum(), fast_hit.sum())
+    hit = hit & fast_hit
+    assert (out["fast"]["depth"][hit] - out["dense"]["depth"][hit]).abs().max() < 5e-3
+
+
+def test_occupancy_level_finds_the_sdf_surface_with_the_same_gradients(pipeline):
+    """surface=occupancy (the paper's 0.5 level) brackets the same crossings as the SDF's 0 level and the
+    implicit gradient of the surface point is the same; only the secant steps land differently."""
+    model = pipeline.model
+    model.train()
+    torch.manual_seed(1)
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    out, grads = {}, {}
+    for surface in ("sdf", "occupancy"):
+        model.config.surface = surface
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        out[surface] = model(ray_bundle)
+        hit = out[surface]["hit"][:, 0]
+        # Only the implicit gradient of the surface point reaches the geometry through the canonical point.
+        weights = torch.linspace(-1.0, 1.0, 3 * int(hit.sum())).reshape(-1, 3)
+        (out[surface]["canonical"][hit] * weights).sum().backward()
+        grads[surface] = torch.cat([p.grad.flatten() for p in model.geometry.parameters() if p.grad is not None])
+    model.config.surface = "sdf"
+    a, b = out["sdf"], out["occupancy"]
+    assert torch.equal(a["hit"], b["hit"]) and a["hit"].sum() > 10
+    hit = a["hit"][:, 0]
+    assert (a["depth"][hit] - b["depth"][hit]).abs().median() < 1e-3
+    assert grads["sdf"].abs().sum() > 0
+    rel = (grads["sdf"] - grads["occupancy"]).norm() / grads["sdf"].norm()
+    assert rel < 0.05, rel
 
 
 def test_landmark_projection_matches_the_tracked_landmarks(pipeline):

@@ -147,20 +147,48 @@ class ForwardSkinning(nn.Module):
         tol: float = 1e-5,
         inits: Float[Tensor, "N I 3"] | None = None,
         drop_converged: bool = True,
+        merge_radius: float = 0.0,
     ) -> Tuple[Float[Tensor, "N I 3"], Bool[Tensor, "N I"]]:
-        """Canonical roots of ``w(x_c) = x_d`` from each start, and which converged (supp. 2.4)."""
+        """Canonical roots of ``w(x_c) = x_d`` from each start, and which converged (supp. 2.4).
+
+        ``merge_radius`` > 0 solves the starts one after another; a start whose iterate comes
+        within that distance of a root an earlier start converged to is stopped and given that
+        root (an exact copy, so callers can skip it as a duplicate). 0: all starts independently.
+        """
         if inits is None:
             inits = self.initial_guesses(points, frame)
         n, k = inits.shape[:2]
-        x0 = inits.reshape(-1, 3)
-        fr = frame[:, None].expand(-1, k).reshape(-1)
-        target = points[:, None].expand(-1, k, -1).reshape(-1, 3)
+        if merge_radius <= 0.0 or k == 1:
+            roots, ok = self._solve(points[:, None].expand(-1, k, -1).reshape(-1, 3), frame[:, None].expand(-1, k).reshape(-1),
+                                    inits.reshape(-1, 3), max_steps, tol, drop_converged)  # fmt: skip
+            return roots.reshape(n, k, 3), ok.reshape(n, k)
+        roots, ok = inits.clone(), torch.zeros(n, k, dtype=torch.bool, device=points.device)
+        for i in range(k):
+            known, known_ok = roots[:, :i], ok[:, :i]
+
+            def near_known(x: Tensor, ids: Tensor) -> Tensor:
+                dist = (x[:, None] - known[ids]).norm(dim=-1)
+                return ((dist < merge_radius) & known_ok[ids]).any(dim=1)
+
+            res = self._solve(points, frame, inits[:, i], max_steps, tol, drop_converged, near_known if i else None,
+                              full=True)  # fmt: skip
+            root, conv = res.root, res.converged
+            if i and res.stopped.any():  # take the known root the iterate reached
+                rows = torch.nonzero(res.stopped).reshape(-1)
+                dist = (root[rows, None] - known[rows]).norm(dim=-1).masked_fill(~known_ok[rows], float("inf"))
+                root[rows] = known[rows, dist.argmin(dim=1)]
+                conv = conv | res.stopped
+            roots[:, i], ok[:, i] = root, conv
+        return roots, ok
+
+    def _solve(self, target, frame, x0, max_steps, tol, drop_converged, stop=None, full=False):
+        """Broyden on ``w(x) - target`` from ``x0``, the initial inverse Jacobian from the skinning weights there."""
         _, _, w = self.deformer(x0)
-        blended = torch.einsum("nj,njrc->nrc", w, self.transforms[fr][:, :, :3, :3])
+        blended = torch.einsum("nj,njrc->nrc", w, self.transforms[frame][:, :, :3, :3])
         j_inv = torch.linalg.inv(blended)
 
         def residual(x: Tensor, ids: Tensor) -> Tensor:
-            return self.warp(x, fr[ids])[0] - target[ids]
+            return self.warp(x, frame[ids])[0] - target[ids]
 
-        result = broyden(residual, x0, j_inv, max_steps=max_steps, tol=tol, drop_converged=drop_converged)
-        return result.root.reshape(n, k, 3), result.converged.reshape(n, k)
+        result = broyden(residual, x0, j_inv, max_steps=max_steps, tol=tol, drop_converged=drop_converged, stop=stop)
+        return result if full else (result.root, result.converged)

@@ -87,6 +87,11 @@ class IMavatarSurfaceModelConfig(ModelConfig):
     """D-Net's FLAME displacement loss weight (§4.2 says "similar to Eq. 13"; ours: lambda_e's 1000)."""
     canonical_jaw_pitch: float = CANONICAL_JAW_PITCH
     """Jaw pitch of the canonical pose (supp. 2.5: 0.2)."""
+    surface: Literal["sdf", "occupancy"] = "sdf"
+    """Which level the renderer finds: sdf, the network output's 0 level (public code); occupancy, the 0.5 level
+    of ``sigmoid(-sharpness * sdf / half-size)`` (the paper). The same surface, the same bracketed crossings,
+    the same implicit gradients and losses; only the secant steps differ, and they land closer on the SDF
+    (README, ``bench/imavatar_surface.py``)."""
     # --- rendering
     num_steps: int = 100
     """Samples per ray of the deformed-space march (public configuration: 100)."""
@@ -100,6 +105,10 @@ class IMavatarSurfaceModelConfig(ModelConfig):
     """fast: march only inside the frame's FLAME mesh bounds (at the dense renderer's sample spacing), front to
     back, dropping converged roots; dense: num-steps samples over the scene box, every start, every Broyden
     step (the reference)."""
+    root_merge_radius: float = 1e-3
+    """Fast renderer: a start whose Broyden iterate comes this close (world units; 0.25 mm of FLAME at the
+    default world scale 4) to a root an earlier start found stops and shares it, so each distinct root is
+    solved and read once (ours; 0 solves every start to the end)."""
     bounds_margin: float = 0.15
     """Margin around the frame's deformed FLAME mesh box for the fast renderer, world units (ours)."""
     chunk_steps: int = 8
@@ -215,8 +224,9 @@ class IMavatarSurfaceModel(HeadModel):
         """Canonical candidates of deformed points (root finding, or the backward ablation's one point)."""
         cfg = self.config
         if self.backward_net is None:
-            return self.skin.correspondences(points, frame, max_steps=cfg.broyden_max_steps,
-                                             tol=cfg.broyden_tolerance, drop_converged=cfg.renderer == "fast")  # fmt: skip
+            fast = cfg.renderer == "fast"
+            return self.skin.correspondences(points, frame, max_steps=cfg.broyden_max_steps, tol=cfg.broyden_tolerance,
+                                             drop_converged=fast, merge_radius=cfg.root_merge_radius if fast else 0.0)  # fmt: skip
         x_c = self.backward_canonical(points, frame)
         return x_c[:, None], torch.ones(points.shape[0], 1, dtype=torch.bool, device=points.device)
 
@@ -240,6 +250,18 @@ class IMavatarSurfaceModel(HeadModel):
     def occupancy_logit(self, sdf: Tensor) -> Tensor:
         return -self.config.occupancy_sharpness * sdf / self.scene_scale
 
+    def level(self, canonical: Tensor, frame: Tensor) -> Tensor:
+        """The value the renderer brackets and refines (negative inside): the SDF, or 0.5 - occupancy."""
+        sdf = self.sdf(canonical, frame)
+        return sdf if self.config.surface == "sdf" else 0.5 - torch.sigmoid(self.occupancy_logit(sdf))
+
+    def level_slope(self, sdf: Tensor) -> Tensor:
+        """d level / d sdf (1 for the SDF; k s (1 - s) for 0.5 - sigmoid(-k sdf))."""
+        if self.config.surface == "sdf":
+            return torch.ones_like(sdf)
+        occ = torch.sigmoid(self.occupancy_logit(sdf))
+        return self.config.occupancy_sharpness / self.scene_scale * occ * (1.0 - occ)
+
     # ------------------------------------------------------------------ rendering
     def ray_bounds(self, origins: Tensor, directions: Tensor, frames: Tensor) -> Tuple[Tensor, Tensor]:
         if self.config.renderer == "fast":
@@ -258,12 +280,20 @@ class IMavatarSurfaceModel(HeadModel):
         if fast:  # the dense renderer's sample spacing over the shorter in-mesh-bounds segment
             aabb = self.scene_box.aabb.to(origins)
             box_near, box_far = ray_box(origins, directions, aabb[0].expand_as(origins), aabb[1].expand_as(origins))
-            ratio = ((far - near).clamp_min(0) / (box_far - box_near).clamp_min(1e-6)).max().clamp(max=1.0)
-            steps = max(2, int(math.ceil(cfg.num_steps * float(ratio))))
+            spacing = (box_far - box_near).clamp_min(1e-6) / cfg.num_steps
+            steps = max(2, int(math.ceil(float(((far - near).clamp_min(0) / spacing).max().clamp(max=cfg.num_steps)))))
         res = march(
-            origins, directions, frames, near, far, self.correspond, self.sdf,
+            origins, directions, frames, near, far, self.correspond, self.level,
             num_steps=steps, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps if fast else 0,
         )  # fmt: skip
+        if fast:  # a surface reaching out of the mesh bounds (e.g. the initial sphere): march the rest in front
+            rows = torch.nonzero(res.starts_inside & (box_near < near)).reshape(-1)
+            if rows.numel():
+                lead = near[rows] - box_near[rows]
+                k = max(2, int(math.ceil(float((lead / spacing[rows]).max()))) + 1)
+                front = march(origins[rows], directions[rows], frames[rows], box_near[rows], near[rows], self.correspond,
+                              self.level, num_steps=k, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps)  # fmt: skip
+                res.take(rows, front)
         n = origins.shape[0]
         rgb = self.background.to(origins).expand(n, 3).clone()
         normal = torch.zeros(n, 3, device=origins.device)
@@ -306,7 +336,7 @@ class IMavatarSurfaceModel(HeadModel):
     ) -> Tuple[Tensor, Tensor]:
         """The canonical surface point with the implicit gradient of eq. 8-10, and the warp Jacobian there.
 
-        ``G(x_c) = [sdf(x_c), B (w(x_c) - o)]`` with ``B`` two unit vectors across the ray: zero
+        ``G(x_c) = [level(x_c), B (w(x_c) - o)]`` with ``B`` two unit vectors across the ray: zero
         exactly when x_c is on the surface and its deformed point on the ray.
         """
         _, jac_w = self.skin.warp_jacobian(root, frames)
@@ -315,12 +345,13 @@ class IMavatarSurfaceModel(HeadModel):
         b1 = F.normalize(torch.cross(directions, helper, dim=-1), dim=-1)
         b2 = torch.cross(directions, b1, dim=-1)
         basis = torch.stack([b1, b2], dim=1)  # N 2 3
-        _, _, grad = self.geometry.gradient(root, self.latent_codes(frames), create_graph=False)
+        sdf, _, grad = self.geometry.gradient(root, self.latent_codes(frames), create_graph=False)
+        grad = grad.detach() * self.level_slope(sdf.detach())[:, None]
         with torch.enable_grad():
-            sdf_live = self.sdf(root.detach(), frames)
+            level_live = self.level(root.detach(), frames)
             warped, _ = self.skin.warp(root.detach(), frames)
-            residual = torch.cat([sdf_live[:, None], (basis @ (warped - origins)[..., None])[..., 0]], dim=-1)
-            jacobian = torch.cat([grad.detach()[:, None, :], basis @ jac_w], dim=1)
+            residual = torch.cat([level_live[:, None], (basis @ (warped - origins)[..., None])[..., 0]], dim=-1)
+            jacobian = torch.cat([grad[:, None, :], basis @ jac_w], dim=1)
             x_c = implicit_root(root, residual, jacobian) if self.training else root.detach()
         return x_c, jac_w
 

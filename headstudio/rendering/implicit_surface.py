@@ -42,6 +42,15 @@ class MarchResult:
     """A correspondence converged at that point (only these take the losses)."""
     num_samples: int
     """Deformed samples whose correspondences were searched (cost measure)."""
+    starts_inside: Bool[Tensor, "N"]
+    """The first sample is already inside (the surface reaches out past ``near``)."""
+
+    def take(self, rows: Int[Tensor, "R"], other: "MarchResult") -> None:
+        """Adopt ``other`` (a march of the rays ``rows``) where it hit."""
+        won = rows[other.hit]
+        self.hit[won], self.t[won] = True, other.t[other.hit]
+        self.canonical[won], self.valid[won] = other.canonical[other.hit], True
+        self.num_samples += other.num_samples
 
 
 @torch.no_grad()
@@ -60,13 +69,19 @@ def ray_box(
 def deformed_sdf(
     points: Float[Tensor, "M 3"], frame: Int[Tensor, "M"], correspond: CorrespondFn, sdf_fn: SdfFn
 ) -> Tuple[Float[Tensor, "M"], Float[Tensor, "M 3"], Bool[Tensor, "M"]]:
-    """SDF of deformed points: the largest over their valid canonical candidates (+inf: none)."""
+    """SDF of deformed points: the largest over their valid canonical candidates (+inf: none).
+
+    A candidate identical to an earlier one of the same point (a merged start) is read once."""
     roots, ok = correspond(points, frame)
     m, k = ok.shape
     sdf = torch.full((m, k), -float("inf"), device=points.device)
-    if ok.any():
+    read = ok.clone()
+    for i in range(1, k):
+        same = (roots[:, i : i + 1] == roots[:, :i]).all(dim=-1) & ok[:, :i]
+        read[:, i] &= ~same.any(dim=1)
+    if read.any():
         fr = frame[:, None].expand(-1, k)
-        sdf[ok] = sdf_fn(roots[ok], fr[ok])
+        sdf[read] = sdf_fn(roots[read], fr[read])
     best, arg = sdf.max(dim=1)
     valid = ok.any(dim=1)
     best = torch.where(valid, best, torch.full_like(best, float("inf")))
@@ -103,6 +118,7 @@ def march(
     prev_s = torch.full((n,), float("inf"), device=dev)
     prev_t = near.clone()
     live = torch.nonzero(far > near).reshape(-1)
+    starts_inside = torch.zeros(n, dtype=torch.bool, device=dev)
     steps = torch.linspace(0.0, 1.0, num_steps, device=dev)
     chunk = num_steps if chunk_steps <= 0 else chunk_steps
     num_samples = 0
@@ -125,6 +141,8 @@ def march(
         t_out[rows] = t[better, carg[better]]
         canon[rows] = roots[better, carg[better]]
         valid[rows] = True
+        if start == 0:
+            starts_inside[live] = ok[:, 0] & (sdf[:, 0] < 0)
         # First outside-to-inside crossing, including the step from the previous chunk.
         seq_s = torch.cat([prev_s[live, None], sdf], dim=1)
         seq_t = torch.cat([prev_t[live, None], t], dim=1)
@@ -158,4 +176,5 @@ def march(
         t_out[rows] = mid_t
         canon[rows] = mid_root
         valid[rows] = mid_ok
-    return MarchResult(hit=hit & valid, t=t_out, canonical=canon, valid=valid, num_samples=num_samples)
+    return MarchResult(hit=hit & valid, t=t_out, canonical=canon, valid=valid, num_samples=num_samples,
+                       starts_inside=starts_inside)
