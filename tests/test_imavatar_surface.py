@@ -316,6 +316,50 @@ def test_occupancy_level_finds_the_sdf_surface_with_the_same_gradients(pipeline)
     assert rel < 0.05, rel
 
 
+def test_ground_truth_normals_in_world_space_match_the_flame_mesh(pipeline):
+    """The normal metric's reference: the subject's normal map, moved to world space, agrees with the
+    frame's FLAME vertex normals at the pixels those vertices project to (a wrong axis flip would not)."""
+    from headstudio.mesh import vertex_normals
+    from headstudio.metrics.geometry import project
+
+    model = pipeline.model
+    camera, batch = next(iter(pipeline.datamanager.fixed_indices_eval_dataloader))
+    batch = pipeline.eval_inputs(camera, batch)
+    frame = int(camera.metadata["frame_index"].reshape(-1)[0])
+    verts = model.subject.track.vertices[frame]
+    normals = vertex_normals(verts, model.subject.track.flame.faces)
+    c2w = camera.camera_to_worlds[0]
+    px = project(verts, c2w, camera.fx[0, 0], camera.fy[0, 0], camera.cx[0, 0], camera.cy[0, 0]).round().long()
+    gt = batch["gt_normal_world"]
+    h, w = gt.shape[:2]
+    inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+    ref = gt[px[inside, 1], px[inside, 0]]
+    n = normals[inside]
+    facing = (n * torch.nn.functional.normalize(c2w[:3, 3] - verts[inside], dim=-1)).sum(-1) > 0.3
+    sel = facing & (ref.norm(dim=-1) > 0.5)
+    assert sel.sum() > 200
+    cos = (torch.nn.functional.normalize(n[sel], dim=-1) * ref[sel]).sum(-1)
+    assert torch.rad2deg(torch.acos(cos.clamp(-1, 1))).median() < 15.0
+
+
+def test_viewer_camera_renders_the_slider_frame(pipeline):
+    import copy
+
+    model = pipeline.model
+    camera = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
+    camera.metadata = None  # what the viewer sends: no frame
+    camera.rescale_output_resolution(0.25)
+    model.eval()
+    images = []
+    for frame in (0, 3):
+        model.subject.viewer_frame.value = frame
+        out = model.get_outputs_for_camera(camera)
+        assert out["rgb"].shape == (16, 16, 3) and torch.isfinite(out["rgb"]).all()
+        images.append(out["rgb"])
+    model.subject.viewer_frame.value = model.subject.default_frame
+    assert not torch.equal(images[0], images[1])  # the slider's frame (its pose and expression) is used
+
+
 def test_landmark_projection_matches_the_tracked_landmarks(pipeline):
     """The keypoint metric's projection: FLAME's own landmarks land on the subject's 2D landmarks."""
     from headstudio.metrics.geometry import project

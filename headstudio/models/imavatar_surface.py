@@ -20,7 +20,8 @@ The whole story:
    E, P, W from the nearest canonical FLAME vertex (weights 1000, 1000, 0.1); eq. 11-14.
 
 The surface is the zero level of an SDF; the paper's occupancy is ``sigmoid(-alpha sdf)``,
-whose 0.5 level is that same surface (see the config's ``occupancy_sharpness``).
+whose 0.5 level is that same surface (``occupancy_sharpness``); ``surface`` picks which of the
+two levels the renderer refines (the same crossings and gradients; the SDF refines closer).
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ Two modes, the same answer where the surface lies inside the FLAME mesh's bounds
 - ``dense``: every sample over the whole near-far range, every start, every Broyden step;
 - fast (default): only the ray segment inside the frame's deformed FLAME mesh bounds
   (plus a margin), samples marched front to back in chunks with rays leaving once they
-  hit, converged correspondences dropped from the solver.
+  hit, converged correspondences dropped from the solver, starts that reach a root another
+  start found merged into it and each distinct root read once. A ray whose first sample is
+  already inside (a surface reaching out of the bounds, like the initial sphere) has its
+  front segment marched as well (``MarchResult.starts_inside``, done by the model).
 """
 
 from __future__ import annotations
