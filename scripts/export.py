@@ -104,9 +104,12 @@ class Mesh:
     def surface(self, model) -> None:
         out_dir = self.output_dir or self.load_config.parent / "meshes"
         aabb = model.scene_box.aabb.to(model.device)
-        with console.status("canonical surface (marching cubes)"):
-            values = density_grid(lambda x: -model.canonical_sdf(x), aabb, self.resolution)
-            verts, faces = mesh_from_grid(values, aabb, 0.0)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("canonical SDF", total=self.resolution**3)
+            values = density_grid(lambda x: -model.canonical_sdf(x), aabb, self.resolution,
+                                  progress=lambda n: progress.advance(task, n))  # fmt: skip
+        verts, faces = mesh_from_grid(values, aabb, 0.0)
         write_ply(out_dir / "canonical.ply", verts, faces)
         console.print(f"{out_dir / 'canonical.ply'}: {len(verts)} vertices, {len(faces)} faces")
         canonical = torch.from_numpy(verts).to(model.device)
