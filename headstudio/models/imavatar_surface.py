@@ -26,7 +26,6 @@ two levels the renderer refines (the same crossings and gradients; the SDF refin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
@@ -103,8 +102,8 @@ class IMavatarSurfaceModelConfig(ModelConfig):
     broyden_tolerance: float = 1e-5
     """Convergence threshold of the correspondence residual (supp. 2.4: 1e-5)."""
     renderer: Literal["fast", "dense"] = "fast"
-    """fast: march only inside the frame's FLAME mesh bounds (at the dense renderer's sample spacing), front to
-    back, dropping converged roots; dense: num-steps samples over the scene box, every start, every Broyden
+    """fast: march only the dense renderer's samples around the frame's FLAME mesh bounds, front to back,
+    dropping converged and merged roots; dense: num-steps samples over the scene box, every start, every Broyden
     step (the reference)."""
     root_merge_radius: float = 1e-3
     """Fast renderer: a start whose Broyden iterate comes this close (world units; 0.25 mm of FLAME at the
@@ -278,22 +277,27 @@ class IMavatarSurfaceModel(HeadModel):
         near, far = self.ray_bounds(origins, directions, frames)
         fast = cfg.renderer == "fast"
         steps = cfg.num_steps
-        if fast:  # the dense renderer's sample spacing over the shorter in-mesh-bounds segment
+        if fast:  # the dense renderer's own sample positions, those around the in-mesh-bounds segment
             aabb = self.scene_box.aabb.to(origins)
             box_near, box_far = ray_box(origins, directions, aabb[0].expand_as(origins), aabb[1].expand_as(origins))
-            spacing = (box_far - box_near).clamp_min(1e-6) / cfg.num_steps
-            steps = max(2, int(math.ceil(float(((far - near).clamp_min(0) / spacing).max().clamp(max=cfg.num_steps)))))
+            dt = (box_far - box_near).clamp_min(1e-6) / (cfg.num_steps - 1)
+            live = far > near
+            first = torch.floor((near - box_near) / dt).clamp(0, cfg.num_steps - 1)
+            last = torch.ceil((far - box_near) / dt).clamp(0, cfg.num_steps - 1)
+            steps = max(2, int((last - first + 1)[live].max())) if live.any() else 2
+            near = torch.where(live, box_near + first * dt, near)
+            far = torch.where(live, near + (steps - 1) * dt, far)
         res = march(
             origins, directions, frames, near, far, self.correspond, self.level,
             num_steps=steps, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps if fast else 0,
         )  # fmt: skip
         if fast:  # a surface reaching out of the mesh bounds (e.g. the initial sphere): march the rest in front
-            rows = torch.nonzero(res.starts_inside & (box_near < near)).reshape(-1)
+            rows = torch.nonzero(res.starts_inside & (first > 0)).reshape(-1)
             if rows.numel():
-                lead = near[rows] - box_near[rows]
-                k = max(2, int(math.ceil(float((lead / spacing[rows]).max()))) + 1)
-                front = march(origins[rows], directions[rows], frames[rows], box_near[rows], near[rows], self.correspond,
-                              self.level, num_steps=k, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps)  # fmt: skip
+                k = int(first[rows].max()) + 1
+                front = march(origins[rows], directions[rows], frames[rows], box_near[rows],
+                              box_near[rows] + (k - 1) * dt[rows], self.correspond, self.level, num_steps=k,
+                              num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps)  # fmt: skip
                 res.take(rows, front)
         n = origins.shape[0]
         rgb = self.background.to(origins).expand(n, 3).clone()
