@@ -4,7 +4,7 @@
 
 Makes (or reuses) a synthetic subject at ``--size`` px, then trains each variant for the same
 number of iterations at the same rays per batch and samples per ray, each in its own process:
-tensorf-local-deform with 34, 5 and 1 keypoint fields, rignerf-star (seed 000's RigNeRF*,
+tensorf-local-deform with 34, 5 and 1 keypoint fields, rignerf-star (Chen et al. 2023's RigNeRF*,
 ``--rignerf-width`` trunk) and nerfstudio's ``tensorf`` on the same data (no deformation:
 the baseline). Evaluates the unseen-expression test frames
 (PSNR, SSIM, L1, LPIPS when its weights are available offline) without (†) and with
@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--uniform-samples", type=int, default=128)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--final-resolution", type=int, default=128)
-    ap.add_argument("--schedule-scale", type=float, default=0.02, help="scales TensoRF's and seed 000's iterations")
+    ap.add_argument("--schedule-scale", type=float, default=0.02, help="scales TensoRF's and Chen et al. 2023's iterations")
     ap.add_argument("--tto-steps", type=int, default=20)
     ap.add_argument(
         "--rignerf-width", type=int, default=256 if torch.cuda.is_available() else 128,

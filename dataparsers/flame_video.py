@@ -38,8 +38,6 @@ from headstudio.flame.safe_pickle import FlameFileError
 
 FLAME_ENV = "HEADSTUDIO_FLAME"
 
-install_excepthook()
-
 
 def resolve_flame_path(flame_path: Optional[Path], subject_root: Path) -> Path:
     """``--flame-path``, else ``$HEADSTUDIO_FLAME``, else the model inside the subject."""
@@ -79,6 +77,10 @@ class FlameVideoDataParserConfig(DataParserConfig):
     """Colour the images are composited onto outside the mask (and the models' background)."""
     scene_bound: float = 1.0
     """Half-size of the scene box around the head, in world units (a head spans about one unit)."""
+    one_line_errors: bool = True
+    """When the dataparser is set up (ns-train, ns-eval, ns-viewer, ns-export), install the handler that prints a
+    bad-data error reaching the top of the process as one line, without a traceback (exit status 1). Importing
+    headstudio changes nothing; False leaves Python's own handler."""
 
 
 class FlameVideoDataParser(DataParser):
@@ -86,6 +88,8 @@ class FlameVideoDataParser(DataParser):
 
     def __init__(self, config: FlameVideoDataParserConfig) -> None:
         super().__init__(config=config)
+        if config.one_line_errors:
+            install_excepthook()
         self._cache: Optional[tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray, np.ndarray]] = None
 
     def load_subject(self) -> tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray, np.ndarray]:

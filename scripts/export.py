@@ -7,8 +7,13 @@ is deformed into that frame's state (expression, jaw, neck, latent codes) and me
 marching cubes inside the scene box. Surface methods with a forward map (imavatar-surface):
 the canonical surface is meshed once (``canonical.ply``) and its vertices are moved by the
 learned blendshapes and skinning into each frame, or into explicit ``--expression`` /
-``--pose`` vectors. One PLY per mesh, written atomically. (``ns-export tsdf|poisson`` also work on headstudio models: they render
-the head in one frame, ``HEADSTUDIO_FRAME``, default the first training frame.)
+``--pose`` vectors. One PLY per mesh, written atomically. Each mesh keeps the head: its
+largest connected component and those at least ``--min-component-fraction`` of its size; the
+floaters are dropped and counted (``--keep-all-components`` keeps everything). What a model
+can export it declares in ``HeadModel.export_kind``.
+
+(``ns-export tsdf|poisson`` also work on headstudio models; ``HEADSTUDIO_FRAME=N`` makes every
+training camera render the head in frame N.)
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import tyro
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from headstudio.export.components import keep_head_components
 from headstudio.export.density_mesh import density_grid, mesh_from_grid
 from headstudio.export.ply import write_ply
 
@@ -67,19 +74,32 @@ class Mesh:
     """Surface methods: comma-separated FLAME expression coefficients (missing ones 0) instead of --frames."""
     pose: Optional[str] = None
     """Surface methods: comma-separated FLAME pose (global, neck, jaw, eyes axis-angle; up to 15; missing 0)."""
+    keep_all_components: bool = False
+    """Keep every connected component (default: the head's components only, floaters dropped)."""
+    min_component_fraction: float = 0.05
+    """Components with at least this fraction of the largest one's faces are part of the head."""
+
+    def clean(self, verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head's components of a marching-cubes mesh (or all of it with --keep-all-components)."""
+        if self.keep_all_components:
+            return verts, faces
+        verts, faces, report = keep_head_components(verts, faces, self.min_component_fraction)
+        console.print(report.describe())
+        return verts, faces
 
     def main(self) -> None:
         from nerfstudio.utils.eval_utils import eval_setup
 
         _, pipeline, _, _ = eval_setup(self.load_config, test_mode="test")
         model = pipeline.model
-        if hasattr(model, "deform_vertices"):
+        kind = getattr(model, "export_kind", None)
+        if kind == "surface":
             self.surface(model)
             return
         if self.expression is not None or self.pose is not None:
             raise ValueError(f"--expression/--pose need a method with a forward map; {type(model).__name__} has none")
-        if not hasattr(model, "observed_density"):
-            raise ValueError(f"{self.load_config}: {type(model).__name__} has no density field to mesh")
+        if kind != "density":
+            raise ValueError(f"{self.load_config}: {type(model).__name__} declares no mesh export (export_kind)")
         frames = parse_frames(self.frames, model.subject.num_frames)
         out_dir = self.output_dir or self.load_config.parent / "meshes"
         aabb = model.scene_box.aabb.to(model.device)
@@ -95,11 +115,10 @@ class Mesh:
                     self.resolution,
                     progress=lambda n: progress.advance(task, n),
                 )
-                verts, faces = mesh_from_grid(values, aabb, self.level)
+                verts, faces = self.clean(*mesh_from_grid(values, aabb, self.level))
                 path = out_dir / f"frame_{frame:05d}.ply"
                 write_ply(path, verts, faces)
                 console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
-
 
     def surface(self, model) -> None:
         out_dir = self.output_dir or self.load_config.parent / "meshes"
@@ -109,7 +128,7 @@ class Mesh:
             task = progress.add_task("canonical SDF", total=self.resolution**3)
             values = density_grid(lambda x: -model.canonical_sdf(x), aabb, self.resolution,
                                   progress=lambda n: progress.advance(task, n))  # fmt: skip
-        verts, faces = mesh_from_grid(values, aabb, 0.0)
+        verts, faces = self.clean(*mesh_from_grid(values, aabb, 0.0))
         write_ply(out_dir / "canonical.ply", verts, faces)
         console.print(f"{out_dir / 'canonical.ply'}: {len(verts)} vertices, {len(faces)} faces")
         canonical = torch.from_numpy(verts).to(model.device)

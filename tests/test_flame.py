@@ -14,7 +14,7 @@ from headstudio.flame import procedural as P
 from headstudio.flame.files import FlameFileError, load_flame_arrays, load_landmark_embedding
 from headstudio.flame.lbs import axis_angle_to_matrix, lbs, matrix_to_axis_angle
 from headstudio.flame.model import FlameModel
-from headstudio.flame.safe_pickle import dump_official_style
+from headstudio.flame.official_writer import dump_official_style
 
 
 def reference_lbs(flame: FlameModel, shape, expr, pose) -> np.ndarray:

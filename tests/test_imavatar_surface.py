@@ -13,7 +13,7 @@ import torch
 
 from headstudio.export.ply import read_ply
 from headstudio.fields.imavatar import DeformationNetwork, GeometryNetwork
-from headstudio.root_finding import broyden, implicit_root
+from headstudio.ops.root_finding import broyden, implicit_root
 
 BIN = Path(sys.executable).parent
 
@@ -319,7 +319,7 @@ def test_occupancy_level_finds_the_sdf_surface_with_the_same_gradients(pipeline)
 def test_ground_truth_normals_in_world_space_match_the_flame_mesh(pipeline):
     """The normal metric's reference: the subject's normal map, moved to world space, agrees with the
     frame's FLAME vertex normals at the pixels those vertices project to (a wrong axis flip would not)."""
-    from headstudio.mesh import vertex_normals
+    from headstudio.ops.mesh import vertex_normals
     from headstudio.metrics.geometry import project
 
     model = pipeline.model

@@ -14,7 +14,7 @@ import torch
 
 from headstudio.deformers.rignerf import RigNeRFDeformation, guided_displacement
 from headstudio.export.ply import read_ply
-from headstudio.nearest import NearestVertex, nearest_vertex_bruteforce
+from headstudio.ops.nearest import NearestVertex, nearest_vertex_bruteforce
 
 BIN = Path(sys.executable).parent
 
@@ -100,7 +100,7 @@ def test_param_groups_match_the_optimizers(pipeline):
     from headstudio.method_configs.rignerf_star import rignerf_star
 
     assert set(pipeline.get_param_groups()) == set(rignerf_star.config.optimizers)
-    assert rignerf_star.config.pipeline.datamanager.train_num_rays_per_batch == 1550  # seed 000
+    assert rignerf_star.config.pipeline.datamanager.train_num_rays_per_batch == 1550  # Chen et al. 2023
 
 
 def test_guide_is_the_frame_mesh_without_head_pose(pipeline):

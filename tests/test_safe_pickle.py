@@ -1,4 +1,4 @@
-"""Tests for headstudio.flame.safe_pickle: allow-list loading and official-style writing."""
+"""Tests for headstudio.flame.safe_pickle (allow-list loading) and headstudio.flame.official_writer (writing)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 import scipy.sparse as sparse
 import torch
 
+from headstudio.flame.official_writer import dump_official_style
 from headstudio.flame.safe_pickle import (
     FlameFileError,
     UnsafePickleError,
-    dump_official_style,
     safe_load_npy_dict,
     safe_load_pickle,
 )

@@ -1,6 +1,6 @@
 """IMavatar's forward map from canonical to deformed space, and its inverse by root finding.
 
-    x_d = LBS(x_c + B_P(theta; P(x_c)) + B_E(psi; E(x_c)), J(psi), theta, W(x_c))     (seed 002 eq. 5)
+    x_d = LBS(x_c + B_P(theta; P(x_c)) + B_E(psi; E(x_c)), J(psi), theta, W(x_c))     (Zheng et al. 2022, eq. 5)
 
 FLAME's formula (``headstudio.flame.lbs``) with the deformation network's fields in place
 of per-vertex data. The canonical space is FLAME posed with jaw pitch 0.2 (supp. 2.5), so
@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from headstudio.data.track import FlameTrack
 from headstudio.fields.imavatar import DeformationNetwork
 from headstudio.flame.lbs import axis_angle_to_matrix, pose_feature, skin_points
-from headstudio.root_finding import broyden
+from headstudio.ops.root_finding import broyden
 
 CANONICAL_JAW_PITCH = 0.2
-"""Jaw pitch of the canonical pose (seed 002 supp. 2.5: a slightly open mouth)."""
+"""Jaw pitch of the canonical pose (Zheng et al. 2022, supp. 2.5: a slightly open mouth)."""
 INIT_BONES = (0, 1, 2)
 """Bones whose inverse transforms start the correspondence search: shoulder (global), head (neck), jaw."""
 

@@ -1,10 +1,10 @@
-"""Local deformation fields on facial keypoints (seed 000, "Controllable Local Deformation Fields").
+"""Local deformation fields on facial keypoints (Chen et al. 2023, "Controllable Local Deformation Fields").
 
 The observed-to-canonical offset is a blend of small MLPs ``t_l``, one per keypoint ``c_l``:
 ``x_can = x_obs + sum_l w_l(x) t_l(x - c_l, A_l * [e, jaw], z_def, head/neck pose)``.
 Keypoints follow the frame's FLAME landmarks; the attention mask ``A_l`` says which
 expression components (and jaw axes) move the mesh near ``c_l``; blend weights fall off with
-distance to the keypoints. Each field is a 3-layer, 40-neuron LeakyReLU MLP (seed 000).
+distance to the keypoints. Each field is a 3-layer, 40-neuron LeakyReLU MLP (Chen et al. 2023).
 
 For speed each point evaluates only its ``top_k`` nearest fields (weights renormalised over
 them); ``top_k=None`` evaluates every field. Fields run as one batched loop over keypoints.
@@ -28,7 +28,7 @@ LOWER_LIP_MIDDLE = 57
 
 
 def keypoint_selection(num_keypoints: int, num_landmarks: int = 68) -> Float[Tensor, "K L"]:
-    """Rows that make keypoints from the 68 landmarks (seed 000 Fig. 10).
+    """Rows that make keypoints from the 68 landmarks (Chen et al. 2023, Fig. 10).
 
     34: every other landmark. 5: the two eye centres, the two mouth corners and the
     lower-lip midpoint. 1: the landmarks' centroid (one global field).
@@ -46,7 +46,7 @@ def keypoint_selection(num_keypoints: int, num_landmarks: int = 68) -> Float[Ten
     elif num_keypoints == 1:
         sel = torch.full((1, num_landmarks), 1.0 / num_landmarks)
     else:
-        raise ValueError(f"num_keypoints must be 34, 5 or 1 (seed 000's variants), got {num_keypoints}")
+        raise ValueError(f"num_keypoints must be 34, 5 or 1 (Chen et al. 2023's variants), got {num_keypoints}")
     return sel
 
 

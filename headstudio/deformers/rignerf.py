@@ -1,4 +1,4 @@
-"""RigNeRF's 3DMM-guided deformation field, as seed 000 adapts it to monocular video (RigNeRF*).
+"""RigNeRF's 3DMM-guided deformation field, as Chen et al. 2023 adapts it to monocular video (RigNeRF*).
 
 An observed point ``x`` of frame ``i`` moves to canonical space by
 
@@ -23,7 +23,7 @@ from nerfstudio.field_components.encodings import NeRFEncoding
 from nerfstudio.field_components.mlp import MLP
 from torch import Tensor, nn
 
-from headstudio.nearest import NearestVertex
+from headstudio.ops.nearest import NearestVertex
 
 
 def guided_displacement(

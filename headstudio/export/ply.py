@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headstudio.io import atomic_path
+from headstudio.utils.atomic import atomic_path
 
 
 def write_ply(path: os.PathLike | str, vertices: np.ndarray, faces: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""IMavatar's three canonical fields (seed 002 §3.2, supplement §2.2, Fig. 7).
+"""IMavatar's three canonical fields (Zheng et al. 2022, §3.2, supplement §2.2, Fig. 7).
 
 - :class:`GeometryNetwork`: canonical surface, positional encoding (6 frequencies) and a
   per-frame latent code (32), softplus(beta=100) layers with weight normalisation, a skip
@@ -159,7 +159,7 @@ class _Trunk(nn.Module):
 
 
 class DisplacementNetwork(nn.Module):
-    """D-Net ablation (seed 002 §4.2): deformed point, expression and pose -> displacement to canonical space."""
+    """D-Net ablation (Zheng et al. 2022, §4.2): deformed point, expression and pose -> displacement to canonical space."""
 
     def __init__(self, condition_dim: int, dims: Sequence[int] = (128,) * 4, scene_scale: float = 1.0,
                  use_weight_norm: bool = True) -> None:  # fmt: skip

@@ -86,11 +86,23 @@ class ConditionedNeRFField(Field):
     ) -> Dict[FieldHeadNames, Tensor]:
         assert density_embedding is not None
         meta = ray_samples.metadata or {}
-        shape = density_embedding.shape[:-1]
-        parts = [density_embedding, self.direction_encoding(ray_samples.frustums.directions)]
         for key, dim in ((APPEARANCE, self.appearance_dim), (CONDITION, self.condition_dim)):
+            if dim and key not in meta:
+                raise KeyError(f"ConditionedNeRFField needs RaySamples.metadata['{key}'] ({dim} values per sample)")
+        rgb = self.color_at(density_embedding, ray_samples.frustums.directions, meta.get(APPEARANCE), meta.get(CONDITION))
+        return {FieldHeadNames.RGB: rgb}
+
+    def color_at(
+        self,
+        features: Float[Tensor, "*batch F"],
+        directions: Float[Tensor, "*batch 3"],
+        appearance: Optional[Tensor] = None,
+        condition: Optional[Tensor] = None,
+    ) -> Float[Tensor, "*batch 3"]:
+        """Colour from trunk features, view directions and the conditioning (broadcast over the batch)."""
+        shape = features.shape[:-1]
+        parts = [features, self.direction_encoding(directions)]
+        for value, dim in ((appearance, self.appearance_dim), (condition, self.condition_dim)):
             if dim:
-                if key not in meta:
-                    raise KeyError(f"ConditionedNeRFField needs RaySamples.metadata['{key}'] ({dim} values per sample)")
-                parts.append(meta[key].expand(*shape, dim))
-        return {FieldHeadNames.RGB: self.field_output_rgb(self.mlp_head(torch.cat(parts, dim=-1)))}
+                parts.append(value.expand(*shape, dim))
+        return self.field_output_rgb(self.mlp_head(torch.cat(parts, dim=-1)))

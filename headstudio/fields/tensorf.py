@@ -3,8 +3,8 @@
 nerfstudio's ``TensorVMEncoding`` detaches its input coordinates, so points produced by a
 deformation field would give that field no gradient. :func:`vm_features` is the same
 vector-matrix product, differentiable in the coordinates; :class:`TensoRFCanonicalField`
-adds the TensoRF colour path with a per-frame appearance code in the decoder (seed 000),
-ReLU density (seed 000: "RELU ... instead of Softplus"), grid upsampling and an alpha mask.
+adds the TensoRF colour path with a per-frame appearance code in the decoder (Chen et al. 2023),
+ReLU density (Chen et al. 2023: "RELU ... instead of Softplus"), grid upsampling and an alpha mask.
 """
 
 from __future__ import annotations

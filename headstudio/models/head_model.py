@@ -3,11 +3,18 @@
 A method's model subclasses :class:`HeadModel`, builds its fields in ``populate_modules``
 (calling ``super().populate_modules()`` first, which sets ``self.subject``) and renders
 ``rgb``, ``accumulation`` and ``depth``; evaluation images and metrics are the same for all.
+
+Mesh export (``hs-export mesh``) reads what a model declares in ``export_kind``:
+
+- ``"density"``: ``observed_density(points, frame)``, the density at world points with the head
+  in a frame's state, meshed by marching cubes per frame (volumetric methods);
+- ``"surface"``: ``canonical_sdf(points)`` meshed once, and ``deform_vertices`` moving the
+  canonical vertices into a frame or explicit FLAME parameters (methods with a forward map).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import ClassVar, Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +28,9 @@ from headstudio.models.subject_state import SubjectState
 
 class HeadModel(Model):
     """nerfstudio Model with a :class:`SubjectState` (``self.subject``) and the papers' metrics."""
+
+    export_kind: ClassVar[Optional[Literal["density", "surface"]]] = None
+    """How ``hs-export mesh`` meshes this model (see the module docstring); None: it cannot."""
 
     def populate_modules(self) -> None:
         super().populate_modules()
@@ -50,3 +60,22 @@ class HeadModel(Model):
     def geometry_metrics(self, outputs: Dict[str, Tensor], batch: Dict) -> Dict[str, float]:
         """Method-specific geometry metrics of an eval image (none by default)."""
         return {}
+
+    # ------------------------------------------------------------------ export hooks
+    def observed_density(self, points: Tensor, frame: int) -> Tensor:
+        """``export_kind == "density"``: density [N, 1] at world points in ``frame``'s state."""
+        raise NotImplementedError(f"{type(self).__name__} has no density field to mesh")
+
+    def canonical_sdf(self, points: Tensor) -> Tensor:
+        """``export_kind == "surface"``: signed distance [N] of canonical points (negative inside)."""
+        raise NotImplementedError(f"{type(self).__name__} has no canonical surface")
+
+    def deform_vertices(
+        self,
+        vertices: Tensor,
+        frame: Optional[int] = None,
+        expression: Optional[Tensor] = None,
+        pose: Optional[Tensor] = None,
+    ) -> Tensor:
+        """``export_kind == "surface"``: canonical vertices moved into a frame or explicit FLAME parameters."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward map")

@@ -1,4 +1,4 @@
-"""imavatar-surface: IMavatar (Zheng et al., CVPR 2022, seed 002) as a nerfstudio model.
+"""imavatar-surface: IMavatar (Zheng et al., CVPR 2022) as a nerfstudio model.
 
 The whole story:
 
@@ -12,7 +12,7 @@ The whole story:
    transforms; the first crossing of the surface is refined by secant steps
    (``headstudio/rendering/implicit_surface.py``).
 4. The surface point gets its gradient by implicit differentiation of
-   ``[sdf(x_c) = 0, w(x_c) on the ray]`` (eq. 8-10, ``headstudio/root_finding.py``); rays that
+   ``[sdf(x_c) = 0, w(x_c) on the ray]`` (eq. 8-10, ``headstudio/ops/root_finding.py``); rays that
    miss take the mask loss at their smallest-SDF sample, whose correspondence
    ``w(x_c) = x_d*`` is differentiated the same way.
 5. Colour from the canonical point, the deformed normal (eq. 6), jaw pose and expression.
@@ -45,17 +45,17 @@ from headstudio.fields.imavatar import (
     GeometryNetwork,
     TextureNetwork,
 )
-from headstudio.latent_codes import FrameCodes
+from headstudio.fields.frame_codes import FrameCodes
 from headstudio.metrics.geometry import normal_angle_error, project
 from headstudio.models.head_model import HeadModel
-from headstudio.nearest import NearestVertex
-from headstudio.rendering.implicit_surface import march, ray_box
-from headstudio.root_finding import implicit_root
+from headstudio.ops.nearest import NearestVertex
+from headstudio.rendering.implicit_surface import march_in_bounds
+from headstudio.ops.root_finding import implicit_root
 
 
 @dataclass
 class IMavatarSurfaceModelConfig(ModelConfig):
-    """IMavatar (seed 002). Sizes the paper shows only in its Fig. 7 come from the authors' public configuration."""
+    """IMavatar (Zheng et al. 2022). Sizes the paper shows only in its Fig. 7 come from the authors' public configuration."""
 
     _target: Type = field(default_factory=lambda: IMavatarSurfaceModel)
     # --- fields
@@ -140,6 +140,7 @@ class IMavatarSurfaceModel(HeadModel):
     """Model of imavatar-surface; see the module docstring."""
 
     config: IMavatarSurfaceModelConfig
+    export_kind = "surface"
 
     def populate_modules(self) -> None:
         super().populate_modules()
@@ -263,42 +264,18 @@ class IMavatarSurfaceModel(HeadModel):
         return self.config.occupancy_sharpness / self.scene_scale * occ * (1.0 - occ)
 
     # ------------------------------------------------------------------ rendering
-    def ray_bounds(self, origins: Tensor, directions: Tensor, frames: Tensor) -> Tuple[Tensor, Tensor]:
-        if self.config.renderer == "fast":
-            return ray_box(origins, directions, self.mesh_lo[frames], self.mesh_hi[frames])
-        aabb = self.scene_box.aabb.to(origins)
-        return ray_box(origins, directions, aabb[0].expand_as(origins), aabb[1].expand_as(origins))
-
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         cfg = self.config
         frames = self.subject.frame_of(ray_bundle)
         origins = ray_bundle.origins.reshape(-1, 3)
         directions = F.normalize(ray_bundle.directions.reshape(-1, 3), dim=-1)
-        near, far = self.ray_bounds(origins, directions, frames)
+        aabb = self.scene_box.aabb.to(origins)
         fast = cfg.renderer == "fast"
-        steps = cfg.num_steps
-        if fast:  # the dense renderer's own sample positions, those around the in-mesh-bounds segment
-            aabb = self.scene_box.aabb.to(origins)
-            box_near, box_far = ray_box(origins, directions, aabb[0].expand_as(origins), aabb[1].expand_as(origins))
-            dt = (box_far - box_near).clamp_min(1e-6) / (cfg.num_steps - 1)
-            live = far > near
-            first = torch.floor((near - box_near) / dt).clamp(0, cfg.num_steps - 1)
-            last = torch.ceil((far - box_near) / dt).clamp(0, cfg.num_steps - 1)
-            steps = max(2, int((last - first + 1)[live].max())) if live.any() else 2
-            near = torch.where(live, box_near + first * dt, near)
-            far = torch.where(live, near + (steps - 1) * dt, far)
-        res = march(
-            origins, directions, frames, near, far, self.correspond, self.level,
-            num_steps=steps, num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps if fast else 0,
+        res = march_in_bounds(
+            origins, directions, frames, aabb[0], aabb[1], self.correspond, self.level, num_steps=cfg.num_steps,
+            num_secant=cfg.num_secant_steps, bounds=(self.mesh_lo[frames], self.mesh_hi[frames]) if fast else None,
+            chunk_steps=cfg.chunk_steps,
         )  # fmt: skip
-        if fast:  # a surface reaching out of the mesh bounds (e.g. the initial sphere): march the rest in front
-            rows = torch.nonzero(res.starts_inside & (first > 0)).reshape(-1)
-            if rows.numel():
-                k = int(first[rows].max()) + 1
-                front = march(origins[rows], directions[rows], frames[rows], box_near[rows],
-                              box_near[rows] + (k - 1) * dt[rows], self.correspond, self.level, num_steps=k,
-                              num_secant=cfg.num_secant_steps, chunk_steps=cfg.chunk_steps)  # fmt: skip
-                res.take(rows, front)
         n = origins.shape[0]
         rgb = self.background.to(origins).expand(n, 3).clone()
         normal = torch.zeros(n, 3, device=origins.device)
@@ -459,7 +436,10 @@ class IMavatarSurfaceModel(HeadModel):
         """Eq. 13: E, P, W against the nearest canonical FLAME vertex, summed per point."""
         table = self.skin.canonical_vertices[None]
         idx, _ = self.nearest(canonical.detach(), torch.zeros_like(canonical[:, 0], dtype=torch.long), table)
-        expr, pose, weights = self.skin.deformer(canonical.detach())
+        return self.blendshape_loss(*self.skin.deformer(canonical.detach()), idx)
+
+    def blendshape_loss(self, expr: Tensor, pose: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
+        """Eq. 13's weighted squared errors of E, P, W against FLAME vertices ``idx``, summed per point."""
         cfg = self.config
         return (
             cfg.flame_expression_mult * (expr - self.gt_expr_dirs[idx]).square().flatten(1).sum(-1)
@@ -477,12 +457,7 @@ class IMavatarSurfaceModel(HeadModel):
         if cfg.deformer == "d-net":
             target = self.skin.canonical_vertices[idx] - track.vertices[frames, idx]
             return cfg.flame_displacement_mult * (self.backward_net(x_d, cond) - target).square().sum(-1)
-        expr, pose, weights = self.backward_net(x_d, cond)
-        return (
-            cfg.flame_expression_mult * (expr - self.gt_expr_dirs[idx]).square().flatten(1).sum(-1)
-            + cfg.flame_pose_mult * (pose - self.gt_pose_dirs[idx]).square().flatten(1).sum(-1)
-            + cfg.flame_weights_mult * (weights - self.gt_weights[idx]).square().sum(-1)
-        )
+        return self.blendshape_loss(*self.backward_net(x_d, cond), idx)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         cfg = self.config

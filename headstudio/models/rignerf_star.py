@@ -1,6 +1,6 @@
-"""rignerf-star: RigNeRF (Athar et al., CVPR 2022) adapted to monocular video, as seed 000's RigNeRF*.
+"""rignerf-star: RigNeRF (Athar et al., CVPR 2022) adapted to monocular video, as Chen et al. 2023's RigNeRF*.
 
-Seed 000 (supplement, "RigNeRF*") and ../shared/REFERENCE.md. The whole story:
+Chen et al. 2023 (supplement, "RigNeRF*"). The whole story:
 
 1. The tracked head pose is folded into the camera extrinsics by the dataparser
    (``flame-video-data``'s default): the head is static, the camera moves.
@@ -8,15 +8,16 @@ Seed 000 (supplement, "RigNeRF*") and ../shared/REFERENCE.md. The whole story:
    head pose is the 3DMM guide; samples move to canonical space by the 3DMM-guided
    displacement of their nearest guide vertex plus a residual MLP on positional encodings
    of the point and of that displacement and the frame's deformation code
-   (``headstudio/deformers/rignerf.py``; nearest vertices from ``headstudio/nearest.py``).
+   (``headstudio/deformers/rignerf.py``; nearest vertices from ``headstudio/ops/nearest.py``).
 3. A canonical NeRF MLP (``headstudio/fields/nerf_mlp.py``) gives density, and colour from
    the view direction, the frame's appearance code and (RigNeRF Fig. 2) its expression and pose.
-4. Coarse-to-fine sampling with one network: a uniform pass without autograd (deforming every
-   ``coarse_deform_stride``-th sample, ``headstudio/rendering/deformed_sampling.py``) feeds
-   the importance sampler; the fine samples are rendered and trained with the RGB loss.
+4. Coarse-to-fine sampling with one network on the shared deformed-field render path
+   (``headstudio/rendering/deformed_nerf.py``): a uniform pass without autograd, deforming
+   every ``coarse_deform_stride``-th sample, feeds the importance sampler; the fine samples
+   are rendered and trained with the RGB loss.
 5. Per-frame deformation and appearance codes (``FrameCodes``), the same sizes as
    tensorf-local-deform; unseen frames use the first training frame's codes (RigNeRF*†) or
-   codes fitted at test time (RigNeRF*), both in ``ns-eval`` (``headstudio/pipeline.py``).
+   codes fitted at test time (RigNeRF*), both in ``ns-eval`` (``headstudio/pipelines/head_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -26,34 +27,28 @@ from typing import Dict, List, Literal, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
-from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
-from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from nerfstudio.models.base_model import ModelConfig
-from nerfstudio.utils import colors, misc
+from nerfstudio.utils import misc
 from torch import Tensor
 from torch.nn import Parameter
 
 from headstudio.deformers.rignerf import RigNeRFDeformation, guided_displacement
-from headstudio.fields.nerf_mlp import APPEARANCE, CONDITION, ConditionedNeRFField
-from headstudio.latent_codes import FrameCodes
-from headstudio.models.head_model import HeadModel
-from headstudio.nearest import NearestVertex
-from headstudio.rendering.deformed_sampling import strided_offsets
+from headstudio.fields.nerf_mlp import ConditionedNeRFField
+from headstudio.fields.frame_codes import FrameCodes
+from headstudio.ops.nearest import NearestVertex
+from headstudio.rendering.deformed_nerf import DeformedRadianceModel, Deformation, FrameRows
 
 
 @dataclass
 class RigNeRFStarModelConfig(ModelConfig):
-    """RigNeRF* (seed 000's monocular adaptation of RigNeRF)."""
+    """RigNeRF* (Chen et al. 2023's monocular adaptation of RigNeRF)."""
 
     _target: Type = field(default_factory=lambda: RigNeRFStarModel)
     # --- deformation
     deformation_latent_dim: int = 32
-    """Per-frame deformation code (seed 000: the same latent sizes as its own method; ours is 32)."""
+    """Per-frame deformation code (Chen et al. 2023: the same latent sizes as its own method; ours is 32)."""
     appearance_latent_dim: int = 32
-    """Per-frame appearance code (seed 000: the same latent sizes as its own method; ours is 32)."""
+    """Per-frame appearance code (Chen et al. 2023: the same latent sizes as its own method; ours is 32)."""
     deformation_num_layers: int = 6
     """Residual deformation MLP depth (RigNeRF extends Nerfies' deformation MLP: 6 layers, skip at 4)."""
     deformation_layer_width: int = 128
@@ -99,10 +94,11 @@ class RigNeRFStarModelConfig(ModelConfig):
     """Background the head is rendered over; matches the dataparser's compositing colour."""
 
 
-class RigNeRFStarModel(HeadModel):
+class RigNeRFStarModel(DeformedRadianceModel):
     """Model of rignerf-star; see the module docstring."""
 
     config: RigNeRFStarModelConfig
+    export_kind = "density"
 
     def populate_modules(self) -> None:
         super().populate_modules()
@@ -148,13 +144,9 @@ class RigNeRFStarModel(HeadModel):
             position_frequencies=cfg.position_frequencies,
             direction_frequencies=cfg.direction_frequencies,
         )
-        self.collider = AABBBoxCollider(scene_box=self.scene_box, near_plane=0.05)
-        self.sampler_uniform = UniformSampler(num_samples=cfg.num_coarse_samples, single_jitter=True)
-        self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples, single_jitter=True, include_original=False)
-        self.background = colors.get_color(cfg.background_color)
-        self.renderer_rgb = RGBRenderer(background_color=self.background)
-        self.renderer_accumulation = AccumulationRenderer()
-        self.renderer_depth = DepthRenderer()
+        self.setup_deformed_rendering(
+            cfg.num_coarse_samples, cfg.num_importance_samples, cfg.coarse_deform_stride, cfg.background_color
+        )
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
@@ -163,11 +155,10 @@ class RigNeRFStarModel(HeadModel):
             "appearance_codes": list(self.appearance_codes.parameters()),
         }
 
-    # ------------------------------------------------------------------ deformation
-    def frame_rows(self, frames: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Unique frames of the rays, each ray's row among them, and the rows' deformation codes."""
-        uniq, inverse = torch.unique(frames, return_inverse=True)
-        return uniq, inverse, self.deformation_codes(uniq)
+    # ------------------------------------------------------------------ deformation and canonical field
+    def frame_conditioning(self, frames: Tensor) -> Dict[str, Tensor]:
+        """Deformation codes of the distinct frames (the guide mesh is looked up per point)."""
+        return {"latent": self.deformation_codes(frames)}
 
     def guided(self, points: Tensor, frame: Tensor) -> Tensor:
         """3DMM-guided displacement of observed points of the given frames."""
@@ -175,60 +166,25 @@ class RigNeRFStarModel(HeadModel):
             points, frame, self.guide_vertices, self.subject.canonical_vertices, self.nearest, self.config.guide_falloff
         )
 
-    def offset(self, points: Tensor, row: Tensor, uniq: Tensor, latent: Tensor) -> Tensor:
-        """Observed-to-canonical offset of points whose frame is ``uniq[row]``."""
-        return self.deformer(points, self.guided(points, uniq[row]), latent[row])
+    def deform(self, points: Tensor, row: Tensor, rows: FrameRows) -> Deformation:
+        """Observed-to-canonical offset: the guided displacement plus the residual MLP."""
+        guide = self.guided(points, rows.frames[row])
+        return Deformation(offset=self.deformer(points, guide, rows.data["latent"][row]))
 
     def condition(self, frames: Tensor) -> Tensor:
         """Colour conditioning of the frames: expression and non-rigid pose (neck, jaw, eyes)."""
         track = self.subject.track
         return torch.cat([track.expression[frames], track.pose[frames, 3:]], dim=-1)
 
-    # ------------------------------------------------------------------ rendering
-    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
-        frames = self.subject.frame_of(ray_bundle)
-        uniq, ray_row, latent = self.frame_rows(frames)
-        samples = self.sampler_uniform(ray_bundle)
-        with torch.no_grad():
-            pos = samples.frustums.get_positions()
-            off = strided_offsets(
-                pos, ray_row, lambda x, row: self.offset(x, row, uniq, latent), self.config.coarse_deform_stride
-            )
-            density, _ = self.field.density_at(pos + off)
-            weights = samples.get_weights(density)
-            active = self.renderer_accumulation(weights).reshape(-1) >= 1e-4
-        fine = self.sampler_pdf(ray_bundle, samples, weights)
-        density = torch.zeros(*fine.shape, 1, device=pos.device)
-        rgb = self.background.to(pos.device).expand(*fine.shape, 3).clone()
-        if active.any():
-            sub = fine[active]
-            p = sub.frustums.get_positions()
-            k = p.shape[1]
-            point_row = ray_row[active][:, None].expand(-1, k).reshape(-1)
-            sub.frustums.set_offsets(self.offset(p.reshape(-1, 3), point_row, uniq, latent).reshape(p.shape))
-            sub_frames = frames[active]
-            sub.metadata = {APPEARANCE: self.appearance_codes(sub_frames)[:, None]}
-            if self.condition_dim:
-                sub.metadata[CONDITION] = self.condition(sub_frames)[:, None]
-            out = self.field(sub)
-            density = density.index_put((active,), out[FieldHeadNames.DENSITY])
-            rgb = rgb.index_put((active,), out[FieldHeadNames.RGB])
-        weights = fine.get_weights(density)
-        return {
-            "rgb": self.renderer_rgb(rgb=rgb, weights=weights),
-            "accumulation": self.renderer_accumulation(weights),
-            "depth": self.renderer_depth(weights, fine),
-        }
+    def canonical_density(self, points: Tensor) -> Tensor:
+        return self.field.density_at(points)[0]
+
+    def canonical_radiance(self, points: Tensor, directions: Tensor, frames: Tensor) -> Tuple[Tensor, Tensor]:
+        density, features = self.field.density_at(points)
+        condition = self.condition(frames)[:, None] if self.condition_dim else None
+        rgb = self.field.color_at(features, directions, self.appearance_codes(frames)[:, None], condition)
+        return density, rgb
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"][..., :3].to(outputs["rgb"].device)
         return misc.scale_dict({"rgb_loss": F.mse_loss(outputs["rgb"], image)}, self.config.loss_coefficients)
-
-    # ------------------------------------------------------------------ export
-    @torch.no_grad()
-    def observed_density(self, points: Tensor, frame: int) -> Tensor:
-        """Density at world points with the head in ``frame``'s state (for per-frame meshes)."""
-        frames = torch.full((1,), int(frame), dtype=torch.long, device=points.device)
-        uniq, _, latent = self.frame_rows(frames)
-        row = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
-        return self.field.density_at(points + self.offset(points, row, uniq, latent))[0]

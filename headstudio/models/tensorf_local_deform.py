@@ -1,7 +1,7 @@
 """tensorf-local-deform: TensoRF canonical head + local deformation fields on facial keypoints.
 
-Seed 000 (Chen et al., "Implicit Neural Head Synthesis via Controllable Local Deformation
-Fields", CVPR 2023, supplement §1) and ../shared/REFERENCE.md. The whole story:
+Chen et al. 2023 ("Implicit Neural Head Synthesis via Controllable Local Deformation
+Fields", CVPR 2023, supplement §1). The whole story:
 
 1. Each ray carries its frame (``SubjectState``); the frame gives FLAME landmarks (the
    keypoints move with them), expression, jaw, head/neck pose, and per-frame deformation
@@ -18,9 +18,11 @@ Fields", CVPR 2023, supplement §1) and ../shared/REFERENCE.md. The whole story:
    pre-trains; the grid grows 128^3 -> 300^3 on TensoRF's iterations; the alpha mask
    prunes canonical voxels with density below 1e-4.
 
-Sampling follows nerfstudio's TensoRF (uniform + importance). The uniform pass only feeds
-the importance sampler (no gradient), so it runs without autograd and evaluates the
-deformation on every ``coarse_deform_stride``-th sample, interpolating along the ray.
+Sampling follows nerfstudio's TensoRF (uniform + importance) on the shared deformed-field
+render path (``headstudio/rendering/deformed_nerf.py``): the uniform pass runs without
+autograd and deforms every ``coarse_deform_stride``-th sample; only rays that can change the
+image are deformed and shaded at their fine samples. The same path gives ``observed_density``
+for ``hs-export mesh``.
 """
 
 from __future__ import annotations
@@ -30,13 +32,9 @@ from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.model_components.scene_colliders import AABBBoxCollider
-from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
-from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.models.base_model import ModelConfig
-from nerfstudio.utils import colors, misc
+from nerfstudio.utils import misc
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -49,46 +47,45 @@ from headstudio.deformers.local_fields import (
 )
 from headstudio.deformers.mesh_prior import sample_mesh_prior
 from headstudio.fields.tensorf import TensoRFCanonicalField, upsampling_resolutions
-from headstudio.latent_codes import FrameCodes
-from headstudio.models.head_model import HeadModel
-from headstudio.rendering.deformed_sampling import strided_offsets
+from headstudio.fields.frame_codes import FrameCodes
+from headstudio.rendering.deformed_nerf import DeformedRadianceModel, Deformation, FrameRows
 
 
 @dataclass
 class TensoRFLocalDeformModelConfig(ModelConfig):
-    """tensorf-local-deform (seed 000). Iteration counts are multiplied by ``schedule_scale``."""
+    """tensorf-local-deform (Chen et al. 2023). Iteration counts are multiplied by ``schedule_scale``."""
 
     _target: Type = field(default_factory=lambda: TensoRFLocalDeformModel)
     # --- local deformation fields
     num_keypoints: int = 34
-    """Local fields (seed 000 §4, Fig. 9/10): 34 = every other DECA landmark, 5 = eyes, mouth corners,
+    """Local fields (Chen et al. 2023, supp. §4, Fig. 9/10): 34 = every other DECA landmark, 5 = eyes, mouth corners,
     lower lip, 1 = one global field with about the parameters of the 34 local ones."""
     field_hidden_dim: int = 40
-    """Neurons per layer of each local field (seed 000 §1: 40)."""
+    """Neurons per layer of each local field (Chen et al. 2023, supp. §1: 40)."""
     field_num_layers: int = 3
-    """Layers of each local field, LeakyReLU after each (seed 000 §1: 3)."""
+    """Layers of each local field, LeakyReLU after each (Chen et al. 2023, supp. §1: 3)."""
     top_k_fields: Optional[int] = 4
     """Fields evaluated per point, the nearest ones (ours, for speed; None evaluates all K)."""
     blend_sigma: Optional[float] = None
-    """Width of the distance blend in world units (not given in seed 000; None: the mean spacing of
+    """Width of the distance blend in world units (not given in Chen et al. 2023; None: the mean spacing of
     the neutral keypoints)."""
     attention_radius: Optional[float] = None
-    """Neighbourhood of a keypoint for its attention mask (not given in seed 000; None: blend_sigma)."""
+    """Neighbourhood of a keypoint for its attention mask (not given in Chen et al. 2023; None: blend_sigma)."""
     deformation_latent_dim: int = 32
-    """Per-frame deformation code size (not given in seed 000; NerFace's 32)."""
+    """Per-frame deformation code size (not given in Chen et al. 2023; NerFace's 32)."""
     appearance_latent_dim: int = 32
-    """Per-frame appearance code size (not given in seed 000; NerFace's 32)."""
+    """Per-frame appearance code size (not given in Chen et al. 2023; NerFace's 32)."""
     # --- TensoRF canonical space
     init_resolution: int = 128
-    """Initial grid resolution (seed 000 §1 / TensoRF: 128^3)."""
+    """Initial grid resolution (Chen et al. 2023, supp. §1 / TensoRF: 128^3)."""
     final_resolution: int = 300
-    """Final grid resolution (seed 000 §1: 300^3; 200^3 for a smaller subject)."""
+    """Final grid resolution (Chen et al. 2023, supp. §1: 300^3; 200^3 for a smaller subject)."""
     upsampling_iters: Tuple[int, ...] = (2000, 3000, 4000, 5500, 7000)
     """Grid upsampling iterations (TensoRF's schedule)."""
     alpha_mask_iters: Tuple[int, ...] = (2000, 4000)
     """Alpha-mask (pruning, bounding-box shrink) updates (TensoRF's update_AlphaMask_list)."""
     prune_density: float = 1e-4
-    """Voxels with density below this are pruned (seed 000 §1: 1e-4)."""
+    """Voxels with density below this are pruned (Chen et al. 2023, supp. §1: 1e-4)."""
     num_density_components: int = 16
     """VM density components per plane (TensoRF: 16)."""
     num_color_components: int = 48
@@ -105,14 +102,14 @@ class TensoRFLocalDeformModelConfig(ModelConfig):
     """Deform every n-th uniform sample and interpolate (ours, for speed; 1 deforms all)."""
     # --- schedule and losses
     pretrain_iters: int = 14000
-    """Deformation frozen while TensoRF pre-trains (seed 000 §1: 14k iterations)."""
+    """Deformation frozen while TensoRF pre-trains (Chen et al. 2023, supp. §1: 14k iterations)."""
     schedule_scale: float = 1.0
     """Multiplies every iteration count above, for short runs (1.0 = the papers' schedule)."""
     loss_coefficients: Dict[str, float] = field(
         default_factory=lambda: {"rgb_loss": 1.0, "l1_reg": 5e-4, "control_loss": 1e-2, "prior_loss": 1.0}
     )
     """rgb and l1_reg (density sparsity) as nerfstudio's TensoRF; control and prior weights are ours
-    (seed 000 names the losses without weights)."""
+    (Chen et al. 2023 name the losses without weights)."""
     prior_points: int = 2048
     """Points on the frames' FLAME meshes per iteration for the 3DMM prior (ours)."""
     prior_noise: float = 0.01
@@ -124,10 +121,11 @@ class TensoRFLocalDeformModelConfig(ModelConfig):
         return max(1, int(round(iters * self.schedule_scale)))
 
 
-class TensoRFLocalDeformModel(HeadModel):
+class TensoRFLocalDeformModel(DeformedRadianceModel):
     """Model of tensorf-local-deform; see the module docstring."""
 
     config: TensoRFLocalDeformModelConfig
+    export_kind = "density"
 
     def populate_modules(self) -> None:
         super().populate_modules()
@@ -177,13 +175,9 @@ class TensoRFLocalDeformModel(HeadModel):
         self.upsampling_steps = upsampling_resolutions(
             cfg.init_resolution, cfg.final_resolution, len(cfg.upsampling_iters)
         )
-        self.collider = AABBBoxCollider(scene_box=self.scene_box, near_plane=0.05)
-        self.sampler_uniform = UniformSampler(num_samples=cfg.num_uniform_samples, single_jitter=True)
-        self.sampler_pdf = PDFSampler(num_samples=cfg.num_samples, single_jitter=True, include_original=False)
-        self.background = colors.get_color(cfg.background_color)
-        self.renderer_rgb = RGBRenderer(background_color=self.background)
-        self.renderer_accumulation = AccumulationRenderer()
-        self.renderer_depth = DepthRenderer()
+        self.setup_deformed_rendering(
+            cfg.num_uniform_samples, cfg.num_samples, cfg.coarse_deform_stride, cfg.background_color
+        )
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -236,65 +230,34 @@ class TensoRFLocalDeformModel(HeadModel):
             "appearance_codes": list(self.appearance_codes.parameters()),
         }
 
-    # ------------------------------------------------------------------ deformation
-    def frame_rows(self, frames: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Per-unique-frame conditioning of the local fields, and each ray's row in it."""
-        uniq, inverse = torch.unique(frames, return_inverse=True)
+    # ------------------------------------------------------------------ deformation and canonical field
+    @property
+    def deformation_trainable(self) -> bool:
+        return not self.deformation_frozen
+
+    def frame_conditioning(self, frames: Tensor) -> Dict[str, Tensor]:
+        """Keypoints, masked-field inputs, deformation codes and head/neck pose of the distinct frames."""
         track = self.subject.track
-        pose = track.pose[uniq]
-        rows = {
-            "keypoints": torch.einsum("kl,rlc->rkc", self.keypoint_rows, track.landmarks[uniq]),
-            "cond": torch.cat([track.expression[uniq], pose[:, 6:9]], dim=-1),
-            "latent": self.deformation_codes(uniq),
+        pose = track.pose[frames]
+        return {
+            "keypoints": torch.einsum("kl,rlc->rkc", self.keypoint_rows, track.landmarks[frames]),
+            "cond": torch.cat([track.expression[frames], pose[:, 6:9]], dim=-1),
+            "latent": self.deformation_codes(frames),
             "pose": pose[:, :6],
-            "frames": uniq,
         }
-        return inverse, rows
 
-    def deform(self, points: Tensor, row: Tensor, rows: Dict[str, Tensor]):
-        """Observed points -> local-field result (offset to canonical, control penalty)."""
-        return self.deformer(points, row, rows["keypoints"], rows["cond"], rows["latent"], rows["pose"])
+    def deform(self, points: Tensor, row: Tensor, rows: FrameRows) -> Deformation:
+        """Local fields: offset to canonical space, and the local control penalty of each point."""
+        d = rows.data
+        result = self.deformer(points, row, d["keypoints"], d["cond"], d["latent"], d["pose"])
+        return Deformation(offset=result.offset, penalty=result.control)
 
-    # ------------------------------------------------------------------ rendering
-    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
-        frames = self.subject.frame_of(ray_bundle)
-        ray_row, rows = self.frame_rows(frames)
-        samples = self.sampler_uniform(ray_bundle)
-        with torch.no_grad():
-            pos = samples.frustums.get_positions()  # R S 3
-            off = strided_offsets(
-                pos, ray_row, lambda x, row: self.deform(x, row, rows).offset, self.config.coarse_deform_stride
-            )
-            density = self.field.density(pos + off)
-            weights = samples.get_weights(density)
-            active = self.renderer_accumulation(weights).reshape(-1) >= 1e-4
-        fine = self.sampler_pdf(ray_bundle, samples, weights)
-        density = torch.zeros(*fine.shape, 1, device=pos.device)
-        rgb = self.background.to(pos.device).expand(*fine.shape, 3).clone()
-        control = torch.zeros((), device=pos.device)
-        if active.any():
-            sub = fine[active]
-            p = sub.frustums.get_positions()
-            k = p.shape[1]
-            point_row = ray_row[active][:, None].expand(-1, k).reshape(-1)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.deformation_frozen):
-                result = self.deform(p.reshape(-1, 3), point_row, rows)
-            canonical = p + result.offset.reshape(p.shape)
-            appearance = self.appearance_codes(frames[active])[:, None].expand(-1, k, -1)
-            directions = sub.frustums.directions
-            density = density.index_put((active,), self.field.density(canonical))
-            rgb = rgb.index_put((active,), self.field.color(canonical, directions, appearance))
-            control = result.control.mean()
-        weights = fine.get_weights(density)
-        outputs = {
-            "rgb": self.renderer_rgb(rgb=rgb, weights=weights),
-            "accumulation": self.renderer_accumulation(weights),
-            "depth": self.renderer_depth(weights, fine),
-        }
-        if self.training:
-            outputs["control"] = control
-            outputs["frame_rows"] = rows
-        return outputs
+    def canonical_density(self, points: Tensor) -> Tensor:
+        return self.field.density(points)
+
+    def canonical_radiance(self, points: Tensor, directions: Tensor, frames: Tensor) -> Tuple[Tensor, Tensor]:
+        appearance = self.appearance_codes(frames)[:, None].expand(-1, points.shape[1], -1)
+        return self.field.density(points), self.field.color(points, directions, appearance)
 
     # ------------------------------------------------------------------ losses
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
@@ -304,27 +267,18 @@ class TensoRFLocalDeformModel(HeadModel):
             "l1_reg": torch.cat([p.reshape(-1) for p in self.field.density_grid.parameters()]).abs().mean(),
         }
         if self.training and not self.deformation_frozen:
-            loss["control_loss"] = outputs["control"]
+            loss["control_loss"] = outputs["deformation_penalty"]
             loss["prior_loss"] = self.prior_loss(outputs["frame_rows"])
         return misc.scale_dict(loss, self.config.loss_coefficients)
 
-    def prior_loss(self, rows: Dict[str, Tensor]) -> Tensor:
+    def prior_loss(self, rows: FrameRows) -> Tensor:
         """3DMM prior: near the frame's FLAME mesh the offset follows the mesh to its neutral pose."""
         track = self.subject.track
         points, targets, row = sample_mesh_prior(
-            track.vertices[rows["frames"]],
+            track.vertices[rows.frames],
             self.subject.canonical_vertices,
             self.config.prior_points,
             self.config.prior_noise,
         )
         offset = self.deform(points, row, rows).offset
         return F.mse_loss(offset, targets)
-
-    # ------------------------------------------------------------------ export
-    @torch.no_grad()
-    def observed_density(self, points: Tensor, frame: int) -> Tensor:
-        """Density at world points with the head in ``frame``'s state (for per-frame meshes)."""
-        frames = torch.full((1,), int(frame), dtype=torch.long, device=points.device)
-        _, rows = self.frame_rows(frames)
-        row = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
-        return self.field.density(points + self.deform(points, row, rows).offset)

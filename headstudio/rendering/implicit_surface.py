@@ -181,3 +181,47 @@ def march(
         valid[rows] = mid_ok
     return MarchResult(hit=hit & valid, t=t_out, canonical=canon, valid=valid, num_samples=num_samples,
                        starts_inside=starts_inside)
+
+
+@torch.no_grad()
+def march_in_bounds(
+    origins: Float[Tensor, "N 3"],
+    directions: Float[Tensor, "N 3"],
+    frame: Int[Tensor, "N"],
+    scene_lo: Float[Tensor, "3"],
+    scene_hi: Float[Tensor, "3"],
+    correspond: CorrespondFn,
+    sdf_fn: SdfFn,
+    num_steps: int = 100,
+    num_secant: int = 8,
+    bounds: Tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"]] | None = None,
+    chunk_steps: int = 8,
+) -> MarchResult:
+    """March rays through the scene box: every one of ``num_steps`` samples (``bounds`` None, the dense
+    reference), or only the same sample positions around per-ray ``bounds`` (the fast renderer).
+
+    The fast path keeps the dense spacing, so both bracket the same crossings; it marches front to back in
+    chunks of ``chunk_steps``, and a ray that starts inside the bounds' surface (one reaching out of them)
+    also marches its segment in front of the bounds.
+    """
+    box_near, box_far = ray_box(origins, directions, scene_lo.expand_as(origins), scene_hi.expand_as(origins))
+    if bounds is None:
+        return march(origins, directions, frame, box_near, box_far, correspond, sdf_fn, num_steps=num_steps,
+                     num_secant=num_secant)  # fmt: skip
+    near, far = ray_box(origins, directions, bounds[0], bounds[1])
+    dt = (box_far - box_near).clamp_min(1e-6) / (num_steps - 1)
+    live = far > near
+    first = torch.floor((near - box_near) / dt).clamp(0, num_steps - 1)
+    last = torch.ceil((far - box_near) / dt).clamp(0, num_steps - 1)
+    steps = max(2, int((last - first + 1)[live].max())) if live.any() else 2
+    near = torch.where(live, box_near + first * dt, near)
+    far = torch.where(live, near + (steps - 1) * dt, far)
+    res = march(origins, directions, frame, near, far, correspond, sdf_fn, num_steps=steps, num_secant=num_secant,
+                chunk_steps=chunk_steps)  # fmt: skip
+    rows = torch.nonzero(res.starts_inside & (first > 0)).reshape(-1)
+    if rows.numel():
+        k = int(first[rows].max()) + 1
+        front = march(origins[rows], directions[rows], frame[rows], box_near[rows], box_near[rows] + (k - 1) * dt[rows],
+                      correspond, sdf_fn, num_steps=k, num_secant=num_secant, chunk_steps=chunk_steps)  # fmt: skip
+        res.take(rows, front)
+    return res

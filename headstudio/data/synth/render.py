@@ -12,7 +12,7 @@ from torch import Tensor
 from headstudio.data.raster import interpolate, rasterize
 from headstudio.data.synth.texture import Look, shade_material
 from headstudio.flame import procedural as P
-from headstudio.mesh import vertex_normals
+from headstudio.ops.mesh import vertex_normals
 
 
 @dataclass

@@ -19,7 +19,7 @@ from headstudio.data.track import FlameTrack
 from headstudio.flame.constants import MODEL_FILENAME, WORLD_SCALE
 from headstudio.flame.model import FlameModel
 from headstudio.flame.procedural import build_template, write_procedural_flame
-from headstudio.io import atomic_dir
+from headstudio.utils.atomic import atomic_dir
 
 @dataclass
 class SubjectConfig:

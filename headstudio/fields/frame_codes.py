@@ -1,7 +1,7 @@
 """Per-frame latent codes (deformation, appearance, geometry), shared by every method.
 
 A table with one row per frame of the subject (frame indices are global across splits).
-Rows of frames never trained (test frames) resolve to a reference frame's row: seed 000
+Rows of frames never trained (test frames) resolve to a reference frame's row: Chen et al. 2023
 renders unseen frames "with the latent codes of the first training frame" (Ours†), and
 test-time optimisation (Ours) fits such a row and marks it as the frame's own.
 """

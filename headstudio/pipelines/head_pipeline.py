@@ -1,21 +1,22 @@
 """The head pipeline: nerfstudio's VanillaPipeline plus the papers' evaluation protocol.
 
-- ``ns-eval`` reports every metric twice, as seed 000 Table 4 does: ``<metric>_dagger``
+- ``ns-eval`` reports every metric twice, as Chen et al. 2023 (supp. Table 4) does: ``<metric>_dagger``
   renders unseen frames with the first training frame's latent codes (Ours†); ``<metric>``
   first optimises the frame's codes for ``test_time_steps`` steps (Ours). LPIPS is left out,
   with ``lpips`` naming the reason, when its weights are not available offline.
-- ``ns-export tsdf|poisson`` renders every training camera: the pipeline then holds the head
-  in one frame's state, ``HEADSTUDIO_FRAME`` (default: the first training frame).
+- ``ns-export tsdf|poisson`` renders every training camera, each in its own frame's state. With
+  ``HEADSTUDIO_FRAME=N`` in the environment (read once, when the pipeline is built) every camera
+  renders the head in frame N instead, so the fused mesh is one expression:
+  ``HEADSTUDIO_FRAME=0 ns-export tsdf --load-config ...``. Nothing else changes that state.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import time
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Mapping, Optional, Type
 
 import torch
 import torchvision.utils as vutils
@@ -23,10 +24,10 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from headstudio.latent_codes import FrameCodes
+from headstudio.fields.frame_codes import FrameCodes
 from headstudio.metrics.geometry import camera_normals_to_world, gt_normal_path, load_gt_normal
 from headstudio.metrics.images import lpips_unavailable_reason
-from headstudio.test_time import optimise_frame_codes
+from headstudio.pipelines.code_fitting import optimise_frame_codes
 
 FRAME_ENV = "HEADSTUDIO_FRAME"
 
@@ -35,11 +36,25 @@ FRAME_ENV = "HEADSTUDIO_FRAME"
 class HeadPipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: HeadPipeline)
     test_time_steps: int = 100
-    """Steps of test-time latent-code optimisation per eval image (seed 000 gives none; 0 = † only)."""
+    """Steps of test-time latent-code optimisation per eval image (Chen et al. 2023 give no count; 0 = † only)."""
     test_time_lr: float = 1e-2
     """Adam learning rate of the test-time optimisation."""
     test_time_rays: int = 1024
     """Random pixels per test-time step."""
+
+
+def fixed_frame_from_env(environ: Mapping[str, str], num_frames: int) -> Optional[int]:
+    """The frame ``HEADSTUDIO_FRAME`` names (checked against the subject), or None when it is unset."""
+    text = environ.get(FRAME_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        frame = int(text)
+    except ValueError:
+        raise ValueError(f"{FRAME_ENV}={text!r}: expected a frame index 0..{num_frames - 1}") from None
+    if not 0 <= frame < num_frames:
+        raise ValueError(f"{FRAME_ENV}={frame}: the subject has frames 0..{num_frames - 1}")
+    return frame
 
 
 def frame_codes_of(model: torch.nn.Module) -> List[FrameCodes]:
@@ -53,13 +68,10 @@ class HeadPipeline(VanillaPipeline):
     def __init__(self, config: HeadPipelineConfig, device: str, *args, **kwargs) -> None:
         super().__init__(config, device, *args, **kwargs)
         subject = getattr(self.model, "subject", None)
-        exporting = Path(sys.argv[0]).name == "ns-export"
-        if subject is not None and (FRAME_ENV in os.environ or exporting):
-            frame = int(os.environ.get(FRAME_ENV, subject.default_frame))
-            if not 0 <= frame < subject.num_frames:
-                raise ValueError(f"{FRAME_ENV}={frame}: the subject has frames 0..{subject.num_frames - 1}")
+        frame = fixed_frame_from_env(os.environ, subject.num_frames) if subject is not None else None
+        if frame is not None:
             subject.fixed_frame = frame
-            CONSOLE.print(f"headstudio: every camera renders the head in frame {frame} (set {FRAME_ENV} to choose)")
+            CONSOLE.print(f"headstudio: every camera renders the head in frame {frame} ({FRAME_ENV})")
 
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False

@@ -1,4 +1,4 @@
-"""Test-time optimisation of a frame's latent codes (seed 000's "Ours" vs "Ours†").
+"""Test-time optimisation of a frame's latent codes (Chen et al. 2023's "Ours" vs "Ours†").
 
 Every network weight stays fixed; only the given frame's rows of the per-frame code tables
 are fitted to the frame's image by photometric loss on random pixels.
@@ -15,7 +15,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import Model
 from torch import Tensor
 
-from headstudio.latent_codes import FrameCodes
+from headstudio.fields.frame_codes import FrameCodes
 
 
 def optimise_frame_codes(

@@ -1,0 +1,1 @@
+"""Training-engine parts: learning-rate schedules whose state loads with weights_only."""

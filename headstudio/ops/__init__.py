@@ -1,0 +1,1 @@
+"""Pure tensor operations shared by the engine: nearest vertices, batched root finding, mesh helpers."""
