@@ -1,14 +1,78 @@
-"""Shared fixtures: the procedural FLAME-format model and tiny synthetic subjects."""
+"""Shared fixtures and helpers: the procedural FLAME-format model, tiny synthetic subjects,
+command-line runs, and each method trained once per session (shared by the eval, export,
+resume and viewer tests).
+
+``python -m pytest tests -m "not e2e"`` is the fast inner loop: it skips every test that
+runs a command in a subprocess.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import pytest
 
 from headstudio.data.synth.subject import SubjectConfig, make_subject
 from headstudio.flame.model import FlameModel
 from headstudio.flame.procedural import make_procedural_flame, write_procedural_flame
+
+BIN = Path(sys.executable).parent
+"""The virtual environment's scripts (ns-train, ns-eval, hs-export, ...)."""
+
+TINY = dict(size=64, num_train=4, num_test=4)
+
+COMMON = [
+    "--machine.device-type", "cpu", "--vis", "tensorboard", "--steps-per-save", "1000",
+    "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000",
+]  # fmt: skip
+
+FAST: dict[str, list[str]] = {
+    # Tiny networks, few rays and samples: each trains in seconds to a minute on 2 CPU cores.
+    "tensorf-local-deform": [
+        "--max-num-iterations", "30",
+        "--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.model.eval-num-rays-per-chunk", "2048",
+        "--pipeline.model.schedule-scale", "0.001", "--pipeline.model.init-resolution", "32",
+        "--pipeline.model.final-resolution", "48", "--pipeline.model.num-uniform-samples", "48",
+        "--pipeline.model.num-samples", "16", "--pipeline.test-time-steps", "3", "--pipeline.test-time-rays", "256",
+    ],
+    "rignerf-star": [
+        "--max-num-iterations", "30",
+        "--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.model.eval-num-rays-per-chunk", "2048",
+        "--pipeline.model.layer-width", "64", "--pipeline.model.num-coarse-samples", "32",
+        "--pipeline.model.num-importance-samples", "16", "--pipeline.test-time-steps", "3",
+        "--pipeline.test-time-rays", "256",
+    ],
+    "imavatar-surface": [
+        "--max-num-iterations", "8",
+        "--pipeline.datamanager.train-num-rays-per-batch", "128", "--pipeline.model.eval-num-rays-per-chunk", "4096",
+        "--pipeline.model.geometry-dims", "96", "96", "96", "96", "--pipeline.model.geometry-skip", "2",
+        "--pipeline.model.feature-dim", "16", "--pipeline.model.deformation-dims", "32", "32", "32",
+        "--pipeline.model.texture-dims", "32", "32", "--pipeline.model.num-steps", "16",
+        "--pipeline.model.num-secant-steps", "3", "--pipeline.model.chunk-steps", "8",
+        "--pipeline.datamanager.camera-res-scale-factor", "0.5",
+        # imavatar-surface fits no codes at test time by default (as the paper); switched on to test fitting.
+        "--pipeline.test-time-steps", "2", "--pipeline.test-time-rays", "128",
+    ],
+}  # fmt: skip
+"""Per-method ``ns-train`` arguments of the tiny runs the end-to-end tests share."""
+
+
+def run_cli(*args: str | os.PathLike, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command-line tool (``ns-train``, ``hs-export``, ...) of this environment; text output."""
+    cmd = [str(a) for a in args]
+    if not os.path.isabs(cmd[0]) and (BIN / cmd[0]).exists():
+        cmd[0] = str(BIN / cmd[0])
+    full_env = {**os.environ, "COLUMNS": "300", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def ns_train_args(method: str, data: Path, output_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """``ns-train`` arguments of the shared tiny run of ``method`` (``extra`` override FAST)."""
+    return ["ns-train", method, *COMMON, *FAST[method], *extra, "--output-dir", str(output_dir), "--data", str(data)]
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +92,6 @@ def flame(flame_path) -> FlameModel:
     return FlameModel.from_file(flame_path, num_shape=100, num_expression=50).double()
 
 
-TINY = dict(size=64, num_train=4, num_test=4)
-
-
 @pytest.fixture(scope="session")
 def subjects(tmp_path_factory) -> dict[str, Path]:
     """One tiny subject per layout (and a Kinect one), same seed: the same frames."""
@@ -42,3 +103,22 @@ def subjects(tmp_path_factory) -> dict[str, Path]:
     out["kinect"] = root / "kinect"
     make_subject(out["kinect"], SubjectConfig(kinect=True, **TINY))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(subjects, tmp_path_factory) -> Callable[..., Path]:
+    """``trained(method, *extra_args)``: config.yml of ``method`` trained once per session on the tiny
+    IMavatar subject with the FAST arguments (plus ``extra_args``); later calls reuse the run."""
+    runs: dict[tuple, Path] = {}
+
+    def train(method: str, *extra: str) -> Path:
+        key = (method, *extra)
+        if key not in runs:
+            out = tmp_path_factory.mktemp(f"run-{method}")
+            res = run_cli(*ns_train_args(method, subjects["imavatar"], out, extra))
+            assert res.returncode == 0, res.stderr[-3000:]
+            (config,) = out.rglob("config.yml")
+            runs[key] = config
+        return runs[key]
+
+    return train

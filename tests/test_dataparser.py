@@ -242,6 +242,7 @@ def test_missing_flame_model_explains_the_licence(broken, monkeypatch):
         parse(broken)
 
 
+@pytest.mark.e2e
 def test_check_data_prints_summary_and_every_problem(subjects, broken):
     cmd = [sys.executable, "-m", "headstudio.scripts.check_data"]
     good = subprocess.run([*cmd, str(subjects["imavatar"])], capture_output=True, text=True)
@@ -264,6 +265,7 @@ NS_FAST = [
 ]  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_nerfacto_trains_on_flame_video_data(subjects, tmp_path):
     """nerfstudio's own nerfacto runs on our dataparser: it is a proper nerfstudio citizen."""
     runner = Path(__file__).with_name("nerfacto_offline.py")
@@ -275,6 +277,7 @@ def test_nerfacto_trains_on_flame_video_data(subjects, tmp_path):
     assert list(tmp_path.rglob("config.yml"))
 
 
+@pytest.mark.e2e
 def test_ns_train_reports_bad_data_in_one_line(broken, tmp_path):
     CASES["nan"][0](broken)
     runner = Path(__file__).with_name("nerfacto_offline.py")

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from headstudio.deformers.rignerf import RigNeRFDeformation, guided_displacement
-from headstudio.export.ply import read_ply
 from headstudio.ops.nearest import NearestVertex, nearest_vertex_bruteforce
 
 BIN = Path(sys.executable).parent
@@ -155,66 +151,6 @@ def test_unfolded_head_pose_is_refused(subjects):
 
 
 # ---------------------------------------------------------------------------------- end to end
-FAST = [
-    "--machine.device-type", "cpu", "--max-num-iterations", "30", "--vis", "tensorboard",
-    "--steps-per-save", "1000", "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000",
-    "--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.model.eval-num-rays-per-chunk", "2048",
-    "--pipeline.model.layer-width", "64", "--pipeline.model.num-coarse-samples", "32",
-    "--pipeline.model.num-importance-samples", "16", "--pipeline.test-time-steps", "3",
-    "--pipeline.test-time-rays", "256",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(subjects, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    res = subprocess.run(
-        [str(BIN / "ns-train"), "rignerf-star", *FAST, "--output-dir", str(out), "--data", str(subjects["imavatar"])],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    (config,) = out.rglob("config.yml")
-    return config
-
-
-def test_ns_train_checkpoints(trained):
-    (ckpt,) = (trained.parent / "nerfstudio_models").glob("step-*.ckpt")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert any(k.endswith("deformer.mlp.layers.5.weight") for k in state["pipeline"])
-
-
-def test_ns_eval_writes_both_protocols(trained, tmp_path):
-    out = tmp_path / "eval.json"
-    res = subprocess.run(
-        [str(BIN / "ns-eval"), "--load-config", str(trained), "--output-path", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads(out.read_text())["results"]
-    for key in ("psnr", "ssim", "l1", "psnr_dagger", "ssim_dagger", "l1_dagger"):
-        assert np.isfinite(results[key]), key
-    assert 0 < results["psnr_dagger"] < 60 and results["test_time_steps"] == 3
-
-
-def test_hs_export_writes_a_mesh(trained, tmp_path):
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    from headstudio.export.density_mesh import density_grid
-
-    # 30 iterations leave a faint field: mesh it halfway between its extremes.
-    _, pipeline, _, _ = eval_setup(trained, test_mode="test")
-    values = density_grid(lambda x: pipeline.model.observed_density(x, 1), pipeline.model.scene_box.aabb, 24)
-    level = 0.5 * (values.min() + values.max())
-    res = subprocess.run(
-        [str(BIN / "hs-export"), "mesh", "--load-config", str(trained), "--frames", "1", "--resolution", "32",
-         "--level", f"{level:.6f}", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    verts, faces = read_ply(tmp_path / "frame_00001.ply")
-    assert len(verts) > 0 and len(faces) > 0
-
-
 def test_registered_with_nerfstudio():
     from nerfstudio.plugins.registry import discover_methods
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import cv2
@@ -14,7 +13,7 @@ import trimesh
 from headstudio.data.synth.layouts import DEPTH_SCALE, ibug68_to_wflw98
 from headstudio.data.synth.texture import L
 from headstudio.flame.model import FlameModel
-from tests.conftest import TINY
+from tests.conftest import TINY, run_cli
 
 
 def read(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -176,28 +175,31 @@ def test_mouth_interior_and_teeth_show_when_the_jaw_opens(flame):
     assert counts[0] < 5 < 40 < counts[1]
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "headstudio.scripts.synth", *args], capture_output=True, text=True)
+def hs_synth(*args):
+    return run_cli(sys.executable, "-m", "headstudio.scripts.synth", *args)
 
 
+@pytest.mark.e2e
 def test_cli_rejects_existing_output(tmp_path):
     out = tmp_path / "exists"
     out.mkdir()
-    res = run_cli("subject", str(out), "--size", "32", "--num-train", "1", "--num-test", "1")
+    res = hs_synth("subject", str(out), "--size", "32", "--num-train", "1", "--num-test", "1")
     assert res.returncode != 0
     assert "already exists" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == [out]  # nothing half-written beside it
 
 
+@pytest.mark.e2e
 def test_cli_rejects_unknown_format(tmp_path):
-    res = run_cli("subject", str(tmp_path / "s"), "--format", "colmap")
+    res = hs_synth("subject", str(tmp_path / "s"), "--format", "colmap")
     assert res.returncode != 0 and "colmap" in res.stderr
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.e2e
 def test_cli_flame_model(tmp_path):
-    res = run_cli("flame-model", str(tmp_path / "m" / "generic_model.pkl"), "--seed", "2")
+    res = hs_synth("flame-model", str(tmp_path / "m" / "generic_model.pkl"), "--seed", "2")
     assert res.returncode == 0, res.stderr
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"generic_model.pkl", "landmark_embedding.npy", "FLAME_masks.pkl"}
-    again = run_cli("flame-model", str(tmp_path / "m" / "generic_model.pkl"))
+    again = hs_synth("flame-model", str(tmp_path / "m" / "generic_model.pkl"))
     assert again.returncode == 1 and "already exists" in again.stderr

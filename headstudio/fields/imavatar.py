@@ -124,11 +124,18 @@ class GeometryNetwork(nn.Module):
     def gradient(
         self, points: Float[Tensor, "N 3"], latent: Optional[Tensor] = None, create_graph: bool = True
     ) -> Tuple[Float[Tensor, "N"], Float[Tensor, "N F"], Float[Tensor, "N 3"]]:
-        """SDF, feature and d sdf / d x (the canonical normal direction)."""
+        """SDF, feature and d sdf / d x (the canonical normal direction).
+
+        With autograd on outside, the forward graph is kept for a later backward through the SDF and
+        feature (``create_graph`` also makes the gradient itself differentiable); with it off, all three
+        come back detached."""
+        outer = torch.is_grad_enabled()
         with torch.enable_grad():
             x = points if points.requires_grad else points.detach().requires_grad_(True)
             sdf, feat = self.forward(x, latent)
-            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
+            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph, retain_graph=create_graph or outer)
+        if not outer:
+            return sdf.detach(), feat.detach(), grad.detach()
         return sdf, feat, grad
 
 

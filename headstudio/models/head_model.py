@@ -14,7 +14,8 @@ Mesh export (``hs-export mesh``) reads what a model declares in ``export_kind``:
 
 from __future__ import annotations
 
-from typing import ClassVar, Dict, Literal, Optional, Tuple
+import contextlib
+from typing import ClassVar, Iterator, Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,12 @@ class HeadModel(Model):
     def geometry_metrics(self, outputs: Dict[str, Tensor], batch: Dict) -> Dict[str, float]:
         """Method-specific geometry metrics of an eval image (none by default)."""
         return {}
+
+    @contextlib.contextmanager
+    def reduced_sampling(self, fraction: float) -> Iterator[None]:
+        """Renders inside use about ``fraction`` of the samples per ray (test-time fitting renders);
+        a model without sample counts to scale renders unchanged."""
+        yield
 
     # ------------------------------------------------------------------ export hooks
     def observed_density(self, points: Tensor, frame: int) -> Tensor:

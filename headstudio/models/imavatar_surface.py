@@ -26,8 +26,9 @@ two levels the renderer refines (the same crossings and gradients; the SDF refin
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -263,6 +264,15 @@ class IMavatarSurfaceModel(HeadModel):
         occ = torch.sigmoid(self.occupancy_logit(sdf))
         return self.config.occupancy_sharpness / self.scene_scale * occ * (1.0 - occ)
 
+    @contextlib.contextmanager
+    def reduced_sampling(self, fraction: float) -> Iterator[None]:
+        saved = self.config.num_steps
+        self.config.num_steps = max(2, round(saved * fraction))
+        try:
+            yield
+        finally:
+            self.config.num_steps = saved
+
     # ------------------------------------------------------------------ rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         cfg = self.config
@@ -319,8 +329,10 @@ class IMavatarSurfaceModel(HeadModel):
         """The canonical surface point with the implicit gradient of eq. 8-10, and the warp Jacobian there.
 
         ``G(x_c) = [level(x_c), B (w(x_c) - o)]`` with ``B`` two unit vectors across the ray: zero
-        exactly when x_c is on the surface and its deformed point on the ray.
+        exactly when x_c is on the surface and its deformed point on the ray. The gradient is attached
+        whenever autograd is on: in training, and in test-time fitting of the geometry codes.
         """
+        differentiable = torch.is_grad_enabled()
         _, jac_w = self.skin.warp_jacobian(root, frames)
         helper = torch.where(directions[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0]).to(root),
                              torch.tensor([0.0, 1.0, 0.0]).to(root))  # fmt: skip
@@ -334,12 +346,12 @@ class IMavatarSurfaceModel(HeadModel):
             warped, _ = self.skin.warp(root.detach(), frames)
             residual = torch.cat([level_live[:, None], (basis @ (warped - origins)[..., None])[..., 0]], dim=-1)
             jacobian = torch.cat([grad[:, None, :], basis @ jac_w], dim=1)
-            x_c = implicit_root(root, residual, jacobian) if self.training else root.detach()
+            x_c = implicit_root(root, residual, jacobian) if differentiable else root.detach()
         return x_c, jac_w
 
     def correspondence_with_gradient(self, root: Tensor, frames: Tensor, target: Tensor) -> Tensor:
         """Canonical correspondence of a fixed deformed point, differentiable in the deformation network."""
-        if not self.training:
+        if not torch.is_grad_enabled():
             return root.detach()
         _, jac_w = self.skin.warp_jacobian(root, frames)
         with torch.enable_grad():
@@ -351,7 +363,7 @@ class IMavatarSurfaceModel(HeadModel):
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Surface point (with gradient), colour, deformed normal (eq. 6) and SDF of hit rays."""
         x_c, jac_w = self.surface_point_with_gradient(root, frames, origins, directions)
-        sdf, feature, grad = self.geometry.gradient(x_c, self.latent_codes(frames), create_graph=self.training)
+        sdf, feature, grad = self.geometry.gradient(x_c, self.latent_codes(frames), create_graph=torch.is_grad_enabled())
         # Eq. 6: d sdf / d x_d = d sdf / d x_c (d x_d / d x_c)^-1.
         normal_d = torch.linalg.solve(jac_w.transpose(1, 2), grad[..., None])[..., 0]
         normal_d = F.normalize(normal_d, dim=-1)
@@ -366,12 +378,13 @@ class IMavatarSurfaceModel(HeadModel):
         """Hit rays of a backward ablation: the ray parameter gets the implicit gradient of
         ``sdf(b(o + t d)) = 0`` (1-D eq. 10), the normal is the SDF gradient through ``b``."""
         codes = self.latent_codes(frames)
+        differentiable = torch.is_grad_enabled()
         with torch.enable_grad():
             t_leaf = t.detach().clone().requires_grad_(True)
             h = self.geometry.sdf(self.backward_canonical(origins + t_leaf[:, None] * directions, frames), codes)
             (dh_dt,) = torch.autograd.grad(h.sum(), t_leaf, retain_graph=True)
             t_s = t.detach()
-            if self.training:
+            if differentiable:
                 t_s = implicit_root(t_s[:, None], h[:, None], dh_dt.detach()[:, None, None])[:, 0]
             x_d = origins + t_s[:, None] * directions
             x_d_leaf = x_d.detach().requires_grad_(True)
@@ -379,7 +392,7 @@ class IMavatarSurfaceModel(HeadModel):
             rows = [torch.autograd.grad(x_c_leaf[:, i].sum(), x_d_leaf, retain_graph=i < 2)[0] for i in range(3)]
             jac_b = torch.stack(rows, dim=1)  # d x_c / d x_d
             x_c = self.backward_canonical(x_d, frames)
-        sdf, feature, grad = self.geometry.gradient(x_c, codes, create_graph=self.training)
+        sdf, feature, grad = self.geometry.gradient(x_c, codes, create_graph=torch.is_grad_enabled())
         normal_d = F.normalize((jac_b.transpose(1, 2) @ grad[..., None])[..., 0], dim=-1)
         pose = self.subject.track.pose[frames]
         condition = torch.cat([pose[:, 6:9], self.subject.track.expression[frames]], dim=-1)

@@ -192,19 +192,17 @@ class TensoRFLocalDeformModel(DeformedRadianceModel):
             resolution = self.upsampling_steps[self.upsampling_iters.index(step)]
             self.field.upsample(resolution)
             # New parameter tensors: the grid optimizer must be rebuilt on them (as nerfstudio's TensoRF).
-            opt_cfg = attrs.optimizers.config["encodings"]
-            params = self.get_param_groups()["encodings"]
-            attrs.optimizers.optimizers["encodings"] = opt_cfg["optimizer"].setup(params=params)
-            if opt_cfg["scheduler"]:
-                attrs.optimizers.schedulers["encodings"] = (
-                    opt_cfg["scheduler"]
-                    .setup()
-                    .get_scheduler(optimizer=attrs.optimizers.optimizers["encodings"], lr_init=opt_cfg["optimizer"].lr)
-                )
+            self.rebuild_grid_optimizer(attrs, keep_state=False)
 
         def prune(step: int) -> None:
             self.field.update_alpha_mask(self.config.prune_density)
 
+        # A resumed run (``--load-dir``): nerfstudio built the optimizers before ``update_to_step`` grew the
+        # grid, and loaded the checkpoint's optimizer state into them; move that state onto the grown grid.
+        if attrs.optimizers is not None and "encodings" in attrs.optimizers.optimizers:
+            held = {id(p) for g in attrs.optimizers.optimizers["encodings"].param_groups for p in g["params"]}
+            if held != {id(p) for p in self.field.grid_parameters()}:
+                self.rebuild_grid_optimizer(attrs, keep_state=True)
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_step, update_every_num_iters=1),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], upsample, iters=tuple(self.upsampling_iters)),
@@ -214,6 +212,22 @@ class TensoRFLocalDeformModel(DeformedRadianceModel):
                 iters=tuple(self.config.scaled(i) for i in self.config.alpha_mask_iters),
             ),
         ]
+
+    def rebuild_grid_optimizer(self, attrs: TrainingCallbackAttributes, keep_state: bool) -> None:
+        """Optimizer (and scheduler) of the grid parameters rebuilt on the current grid tensors; with
+        ``keep_state`` the moment estimates and the schedule position carry over (resume)."""
+        opt_cfg = attrs.optimizers.config["encodings"]
+        old_opt = attrs.optimizers.optimizers["encodings"]
+        new_opt = opt_cfg["optimizer"].setup(params=self.get_param_groups()["encodings"])
+        if keep_state:
+            new_opt.load_state_dict(old_opt.state_dict())
+        attrs.optimizers.optimizers["encodings"] = new_opt
+        if opt_cfg["scheduler"]:
+            old_sched = attrs.optimizers.schedulers.get("encodings")
+            sched = opt_cfg["scheduler"].setup().get_scheduler(optimizer=new_opt, lr_init=opt_cfg["optimizer"].lr)
+            if keep_state and old_sched is not None:
+                sched.load_state_dict(old_sched.state_dict())
+            attrs.optimizers.schedulers["encodings"] = sched
 
     def update_to_step(self, step: int) -> None:
         """Grow the grid to the resolution it had at ``step`` (before loading a checkpoint)."""

@@ -6,7 +6,7 @@ are fitted to the frame's image by photometric loss on random pixels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,13 @@ def optimise_frame_codes(
     lr: float = 1e-2,
     num_rays: int = 1024,
     seed: int = 0,
+    on_step: Optional[Callable[[int, float], None]] = None,
 ) -> list[float]:
-    """Fit ``codes``' rows of the camera's frame to ``image``; returns the loss of each step."""
+    """Fit ``codes``' rows of the camera's frame to ``image``; returns the loss of each step.
+
+    Only the code tables take gradients: every network parameter has ``requires_grad`` off
+    for the duration, so autograd records only what depends on the codes. ``on_step(i, loss)``
+    is called after each step (progress display)."""
     frame = int(camera.metadata["frame_index"].reshape(-1)[0])
     for table in codes:
         table.adopt(frame)
@@ -56,6 +61,8 @@ def optimise_frame_codes(
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss))
+                if on_step is not None:
+                    on_step(len(losses) - 1, losses[-1])
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)

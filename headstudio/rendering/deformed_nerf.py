@@ -19,8 +19,9 @@ A method subclasses :class:`DeformedRadianceModel` and supplies ``frame_conditio
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from jaxtyping import Float, Int
@@ -142,6 +143,16 @@ class DeformedRadianceModel(HeadModel):
             outputs["deformation_penalty"] = penalty
             outputs["frame_rows"] = rows
         return outputs
+
+    @contextlib.contextmanager
+    def reduced_sampling(self, fraction: float) -> Iterator[None]:
+        saved = self.sampler_uniform.num_samples, self.sampler_pdf.num_samples
+        self.sampler_uniform.num_samples = max(2, round(saved[0] * fraction))
+        self.sampler_pdf.num_samples = max(2, round(saved[1] * fraction))
+        try:
+            yield
+        finally:
+            self.sampler_uniform.num_samples, self.sampler_pdf.num_samples = saved
 
     # ------------------------------------------------------------------ export hook
     @torch.no_grad()
