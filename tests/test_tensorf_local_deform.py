@@ -166,6 +166,42 @@ def test_deformation_is_frozen_while_tensorf_pretrains(pipeline):
             assert model.deformation_codes.codes.grad.abs().sum() > 0
 
 
+def test_render_path_shades_only_rays_that_can_change_the_image(pipeline):
+    """The shared deformed-field path: rays through empty space keep the background exactly and are not
+    deformed at their fine samples; test-time fitting's reduced sampling scales the samplers and restores them."""
+    from nerfstudio.cameras.rays import RayBundle
+
+    model = pipeline.model
+    model.eval()
+    n = 6
+    origins = torch.tensor([[0.0, 0.0, 4.0]]).repeat(n, 1)
+    directions = torch.tensor([[0.0, 0.0, -1.0]] * 3 + [[0.0, 1.0, 0.0]] * 3)  # 3 through the head, 3 away from it
+    bundle = RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(n, 1),
+                       camera_indices=torch.zeros(n, 1, dtype=torch.long), nears=torch.full((n, 1), 2.0),
+                       fars=torch.full((n, 1), 6.0), metadata={"frame_index": torch.zeros(n, 1, dtype=torch.long)})  # fmt: skip
+    planes = model.field.density_grid.planes
+    saved = planes.data.clone()
+    with torch.no_grad():
+        planes.data.fill_(0.3)  # dense everywhere in the box
+        deformed = []
+        original = model.deform
+        model.deform = lambda points, row, rows: (deformed.append(points.shape[0]), original(points, row, rows))[1]
+        try:
+            out = model.get_outputs(bundle)
+            with model.reduced_sampling(0.5):
+                assert model.sampler_uniform.num_samples == 16 and model.sampler_pdf.num_samples == 8
+                reduced = model.get_outputs(bundle)
+        finally:
+            model.deform = original
+            planes.data.copy_(saved)
+    assert model.sampler_uniform.num_samples == 32 and model.sampler_pdf.num_samples == 16
+    away = out["accumulation"][3:, 0]
+    assert torch.all(away == 0) and torch.equal(out["rgb"][3:], model.background.expand(3, 3))
+    assert torch.all(out["accumulation"][:3, 0] > 0.1) and reduced["rgb"].shape == (n, 3)
+    # Per render: the strided uniform pass (all rays), then fine samples of the 3 active rays only.
+    assert deformed[1] == 3 * model.config.num_samples and deformed[3] == 3 * 8
+
+
 def test_viewer_frame_slider_and_fixed_frame(pipeline):
     from nerfstudio.cameras.rays import RayBundle
 
