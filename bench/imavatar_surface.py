@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +26,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bench_subject, device_type, fmt, forward_args, print_table, run_variants, short_run  # noqa: E402
+
 VARIANTS = ("full", "ours-", "d-net", "occupancy")
 NETWORK = dict(geometry_dims=(256,) * 6, geometry_skip=(3,), feature_dim=64, deformation_dims=(128,) * 4,
                texture_dims=(128,) * 3)  # fmt: skip
 
 
 def build_config(variant: str, args, out_dir: Path):
-    from nerfstudio.configs.base_config import LoggingConfig, MachineConfig
-
     from headstudio.method_configs.imavatar_surface import imavatar_surface
 
     cfg = copy.deepcopy(imavatar_surface.config)
@@ -47,23 +46,10 @@ def build_config(variant: str, args, out_dir: Path):
     model.deformer = "d-net" if variant == "d-net" else "forward"
     model.surface = "occupancy" if variant == "occupancy" else "sdf"
     model.eval_num_rays_per_chunk = 4096
-    cfg.pipeline.datamanager.data = args.subject
-    cfg.pipeline.datamanager.dataparser.data = args.subject
     cfg.pipeline.datamanager.dataparser.test_every = args.test_every
-    cfg.pipeline.datamanager.train_num_rays_per_batch = args.rays
-    cfg.max_num_iterations = args.iters
     for opt in cfg.optimizers.values():
-        opt["scheduler"].max_steps = args.iters
         opt["optimizer"].lr = args.lr
-    cfg.output_dir = out_dir
-    cfg.vis = "tensorboard"
-    cfg.steps_per_save = args.iters
-    cfg.steps_per_eval_batch = cfg.steps_per_eval_image = cfg.steps_per_eval_all_images = 10**9
-    cfg.save_only_latest_checkpoint = True
-    cfg.machine = MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu")
-    cfg.logging = LoggingConfig(local_writer=cfg.logging.local_writer)
-    cfg.logging.local_writer.enable = False
-    return cfg
+    return short_run(cfg, args.subject, args.iters, args.rays, out_dir, save_every=args.iters)
 
 
 def run_variant(variant: str, args) -> dict:
@@ -128,10 +114,6 @@ def secant_study(model, camera) -> dict:
     return out
 
 
-def fmt(v, spec: str) -> str:
-    return "-" if v is None or v != v else format(v, spec)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subject", type=Path, default=None, help="existing subject (default: make one)")
@@ -148,39 +130,20 @@ def main() -> None:
     if args.variant is not None:  # child process
         args.json.write_text(json.dumps(run_variant(args.variant, args)))
         return
-    if args.subject is None:
-        args.subject = Path(tempfile.gettempdir()) / f"hs-bench-subject-{args.size}"
-        if not args.subject.exists():
-            from headstudio.data.synth.subject import SubjectConfig, make_subject
-
-            make_subject(args.subject, SubjectConfig(size=args.size, num_train=300, num_test=100))
-    rows = []
-    for variant in args.variants.split(","):
-        out = Path(tempfile.mkstemp(suffix=".json")[1])
-        cmd = [sys.executable, __file__, "--variant", variant, "--json", str(out)]
-        for k in ("subject", "iters", "rays", "steps", "lr", "test_every"):
-            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-        print(f"[bench] {variant} ...", flush=True)
-        res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if res.returncode != 0:
-            print(res.stderr[-3000:])
-            raise SystemExit(f"{variant} failed")
-        rows.append(json.loads(out.read_text()))
-        os.unlink(out)
-        print(f"[bench] {variant}: {json.dumps(rows[-1])}", flush=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.subject = bench_subject(args.subject, args.size)
+    keys = ("subject", "iters", "rays", "steps", "lr", "test_every")
+    rows = run_variants(__file__, args.variants.split(","), forward_args(args, keys))
+    device = device_type()
     print(
         f"\nsubject {args.subject} ({args.size} px), {args.iters} iterations x {args.rays} rays, {args.steps} march "
         f"samples/ray, Adam {args.lr:g}, every {args.test_every}th test frame, network {NETWORK}, device {device}"
     )
-    head = "| variant | PSNR | SSIM | L1 | normal error (deg) | keypoint error (px) | s/iter |"
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    for r in rows:
-        print(
-            f"| {r['variant']} | {fmt(r.get('psnr'), '.2f')} | {fmt(r.get('ssim'), '.3f')} | {fmt(r.get('l1'), '.4f')} | "
-            f"{fmt(r.get('normal_error'), '.1f')} | {fmt(r.get('keypoint_error'), '.2f')} | {r['s_per_iter']:.2f} |"
-        )
+    head = ["variant", "PSNR", "SSIM", "L1", "normal error (deg)", "keypoint error (px)", "s/iter"]
+    print_table(head, [
+        [r["variant"], fmt(r.get("psnr"), ".2f"), fmt(r.get("ssim"), ".3f"), fmt(r.get("l1"), ".4f"),
+         fmt(r.get("normal_error"), ".1f"), fmt(r.get("keypoint_error"), ".2f"), fmt(r["s_per_iter"], ".2f")]
+        for r in rows
+    ])  # fmt: skip
     full = next((r for r in rows if "speedup" in r), None)
     if full is not None:
         print("\n| renderer (full model, one test image) | rays/s |")

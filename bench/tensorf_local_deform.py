@@ -15,10 +15,9 @@ test-time optimisation of the frame codes, and prints one table with time per it
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,17 +25,18 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bench_subject, device_type, fmt, forward_args, print_table, run_variants, short_run  # noqa: E402
+
 VARIANTS = ("tensorf", "local-34", "local-5", "global-1", "rignerf-star")
 
 
 def build_config(variant: str, args, out_dir: Path):
-    from nerfstudio.configs.base_config import LoggingConfig, MachineConfig
     from nerfstudio.engine.trainer import TrainerConfig
 
     from headstudio.method_configs.tensorf_local_deform import tensorf_local_deform
 
-    base: TrainerConfig = tensorf_local_deform.config
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base: TrainerConfig = copy.deepcopy(tensorf_local_deform.config)
     if variant == "tensorf":
         from nerfstudio.configs.method_configs import method_configs
         from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
@@ -56,7 +56,7 @@ def build_config(variant: str, args, out_dir: Path):
     elif variant == "rignerf-star":
         from headstudio.method_configs.rignerf_star import rignerf_star
 
-        cfg = rignerf_star.config
+        cfg = copy.deepcopy(rignerf_star.config)
         cfg.pipeline.test_time_steps = args.tto_steps
         cfg.pipeline.test_time_rays = args.rays
     else:
@@ -73,22 +73,7 @@ def build_config(variant: str, args, out_dir: Path):
         model.num_uniform_samples, model.num_samples = args.uniform_samples, args.samples
         model.final_resolution = args.final_resolution
     model.eval_num_rays_per_chunk = 4096
-    cfg.pipeline.datamanager.data = args.subject
-    cfg.pipeline.datamanager.dataparser.data = args.subject
-    cfg.pipeline.datamanager.train_num_rays_per_batch = args.rays
-    cfg.max_num_iterations = args.iters
-    for opt in cfg.optimizers.values():
-        if opt["scheduler"] is not None:
-            opt["scheduler"].max_steps = args.iters
-    cfg.output_dir = out_dir
-    cfg.vis = "tensorboard"
-    cfg.steps_per_save = 10**9
-    cfg.steps_per_eval_batch = cfg.steps_per_eval_image = cfg.steps_per_eval_all_images = 10**9
-    cfg.save_only_latest_checkpoint = True
-    cfg.machine = MachineConfig(device_type=device)
-    cfg.logging = LoggingConfig(local_writer=cfg.logging.local_writer)
-    cfg.logging.local_writer.enable = False
-    return cfg
+    return short_run(cfg, args.subject, args.iters, args.rays, out_dir)
 
 
 def run_variant(variant: str, args) -> dict:
@@ -120,8 +105,20 @@ def run_variant(variant: str, args) -> dict:
     train_s = time.perf_counter() - start
     pipeline = trainer.pipeline
     row = {"variant": variant, "iters": len(times), "train_s": train_s}
-    warm = times[min(10, len(times) // 5) :]
+    skip = min(10, len(times) // 5)  # warm-up (allocations, the grid upsampling at this schedule scale)
+    warm = times[skip:]
     row["ms_per_iter"] = 1000 * sum(warm) / len(warm)
+    model = pipeline.model
+    if hasattr(model, "config") and hasattr(model.config, "pretrain_iters"):
+        # Deformation frozen (no backward through it, no prior loss) before this step, trained jointly after.
+        joint_from = model.config.scaled(model.config.pretrain_iters)
+        frozen = [t for i, t in enumerate(times) if skip <= i < joint_from]
+        joint = [t for i, t in enumerate(times) if i >= max(skip, joint_from)]
+        row["ms_frozen"] = 1000 * sum(frozen) / len(frozen) if frozen else None
+        row["ms_joint"] = 1000 * sum(joint) / len(joint) if joint else None
+        row["joint_iters"] = len(joint)
+    else:  # no deformation phases: every iteration is what users run
+        row["ms_joint"] = row["ms_per_iter"]
     if torch.cuda.is_available():
         row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -143,10 +140,6 @@ def run_variant(variant: str, args) -> dict:
         row.update({k: v for k, v in metrics.items() if isinstance(v, float)})
     row["eval_s"] = time.perf_counter() - start
     return row
-
-
-def fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
 
 
 def main() -> None:
@@ -173,47 +166,32 @@ def main() -> None:
         row = run_variant(args.variant, args)
         args.json.write_text(json.dumps(row))
         return
-    if args.subject is None:
-        args.subject = Path(tempfile.gettempdir()) / f"hs-bench-subject-{args.size}"
-        if not args.subject.exists():
-            from headstudio.data.synth.subject import SubjectConfig, make_subject
-
-            make_subject(args.subject, SubjectConfig(size=args.size, num_train=300, num_test=100))
-    rows = []
-    for variant in args.variants.split(","):
-        out = Path(tempfile.mkstemp(suffix=".json")[1])
-        cmd = [sys.executable, __file__, "--variant", variant, "--json", str(out)]
-        keys = ("subject", "iters", "rays", "uniform_samples", "samples", "final_resolution", "schedule_scale",
-                "tto_steps", "rignerf_width")  # fmt: skip
-        for k in keys:
-            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-        if args.timing_only:
-            cmd.append("--timing-only")
-        print(f"[bench] {variant} ...", flush=True)
-        res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if res.returncode != 0:
-            print(res.stderr[-3000:])
-            raise SystemExit(f"{variant} failed")
-        rows.append(json.loads(out.read_text()))
-        os.unlink(out)
-        print(f"[bench] {variant}: {json.dumps(rows[-1])}", flush=True)
+    args.subject = bench_subject(args.subject, args.size)
+    keys = ("subject", "iters", "rays", "uniform_samples", "samples", "final_resolution", "schedule_scale",
+            "tto_steps", "rignerf_width")  # fmt: skip
+    forwarded = forward_args(args, keys) + (["--timing-only"] if args.timing_only else [])
+    rows = run_variants(__file__, args.variants.split(","), forwarded)
     base = next((r["ms_per_iter"] for r in rows if r["variant"] == "tensorf"), None)
     print(
         f"\nsubject {args.subject} ({args.size} px), {args.iters} iterations x {args.rays} rays, "
-        f"{args.uniform_samples}+{args.samples} samples/ray, grid -> {args.final_resolution}^3, "
-        f"test-time steps {args.tto_steps}, rignerf-star trunk width {args.rignerf_width}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+        f"{args.uniform_samples}+{args.samples} samples/ray, grid -> {args.final_resolution}^3, schedule scale "
+        f"{args.schedule_scale:g}, test-time steps {args.tto_steps}, rignerf-star trunk width {args.rignerf_width}, "
+        f"device {device_type()}"
     )
-    head = "| variant | PSNR† | SSIM† | L1† | LPIPS† | PSNR | SSIM | L1 | LPIPS | ms/iter | x tensorf | peak MB |"
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
+    head = ["variant", "PSNR†", "SSIM†", "L1†", "LPIPS†", "PSNR", "SSIM", "L1", "LPIPS", "ms/iter", "x tensorf",
+            "ms/iter frozen", "ms/iter joint", "joint x tensorf", "peak MB"]  # fmt: skip
+    table = []
     for r in rows:
         ratio = r["ms_per_iter"] / base if base else None
-        print(
-            f"| {r['variant']} | {fmt(r.get('psnr_dagger'), '.2f')} | {fmt(r.get('ssim_dagger'), '.3f')} | "
-            f"{fmt(r.get('l1_dagger'), '.4f')} | {fmt(r.get('lpips_dagger'), '.3f')} | {fmt(r.get('psnr'), '.2f')} | "
-            f"{fmt(r.get('ssim'), '.3f')} | {fmt(r.get('l1'), '.4f')} | {fmt(r.get('lpips'), '.3f')} | "
-            f"{r['ms_per_iter']:.0f} | {fmt(ratio, '.2f')} | {r['peak_mem_mb']:.0f} |"
-        )
+        joint = r.get("ms_joint")
+        table.append([
+            r["variant"], fmt(r.get("psnr_dagger"), ".2f"), fmt(r.get("ssim_dagger"), ".3f"),
+            fmt(r.get("l1_dagger"), ".4f"), fmt(r.get("lpips_dagger"), ".3f"), fmt(r.get("psnr"), ".2f"),
+            fmt(r.get("ssim"), ".3f"), fmt(r.get("l1"), ".4f"), fmt(r.get("lpips"), ".3f"), fmt(r["ms_per_iter"], ".0f"),
+            fmt(ratio, ".2f"), fmt(r.get("ms_frozen"), ".0f"), fmt(joint, ".0f"),
+            fmt(joint / base if base and joint else None, ".2f"), fmt(r["peak_mem_mb"], ".0f"),
+        ])  # fmt: skip
+    print_table(head, table)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -136,6 +137,7 @@ class LocalDeformationFields(nn.Module):
         self.blend_sigma = blend_sigma
         self.top_k = None if top_k is None else min(top_k, k)
         self.act = nn.LeakyReLU(negative_slope)
+        self.negative_slope = negative_slope
         frame_dim = c + latent_dim + pose_dim
         h = hidden_dim
 
@@ -173,34 +175,39 @@ class LocalDeformationFields(nn.Module):
     ) -> Deformation:
         """Offsets at ``points``; ``row`` picks each point's frame row of the conditioning."""
         n, k = points.shape[0], self.num_fields
-        rel = points[:, None] - keypoints[row]  # N K 3
-        d2 = (rel.detach() ** 2).sum(-1)
-        w_full = torch.softmax(-d2 / (2 * self.blend_sigma**2), dim=-1)  # N K
-        if self.top_k is not None and self.top_k < k:
-            w_sel, fid = torch.topk(w_full, self.top_k, dim=-1)
-            w_blend = w_sel / w_sel.sum(-1, keepdim=True).clamp_min(1e-12)
-        else:
-            fid = torch.arange(k, device=points.device).expand(n, k)
-            w_sel = w_blend = w_full
+        with torch.no_grad():  # blend weights do not pass gradients (distances of detached points)
+            d2 = (points.detach()[:, None] - keypoints[row].detach()).square_().sum(-1)  # N K
+            w_full = torch.softmax(d2.mul_(-0.5 / self.blend_sigma**2), dim=-1)
+            if self.top_k is not None and self.top_k < k:
+                w_sel, fid = torch.topk(w_full, self.top_k, dim=-1)
+                w_blend = w_sel / w_sel.sum(-1, keepdim=True).clamp_min(1e-12)
+            else:
+                fid = torch.arange(k, device=points.device).expand(n, k)
+                w_sel = w_blend = w_full
         h_frame = self.frame_features(cond, latent, pose)  # R K H
         kk = fid.shape[1]
-        # Group (point, field) pairs by field so each field runs on one contiguous slice.
+        # Group (point, field) pairs by field so each field runs on one contiguous block: gathers and a
+        # split in, one cat and a gather out (their backward passes are single scatters and cats, not one
+        # full-size zero buffer per field as slicing would give).
         pair_field, order = torch.sort(fid.reshape(-1), stable=True)
         pair_point = torch.div(order, kk, rounding_mode="floor")
-        x = rel[pair_point, pair_field]  # P 3
-        h0 = h_frame[row[pair_point], pair_field]  # P H
+        pair_row = row[pair_point] * k + pair_field
+        x = points.index_select(0, pair_point) - keypoints.reshape(-1, 3).index_select(0, pair_row)  # P 3
+        h0 = h_frame.reshape(-1, self.hidden_dim).index_select(0, pair_row)  # P H
         counts = torch.bincount(pair_field, minlength=k).tolist()
-        chunks, start = [], 0
-        for f, cnt in enumerate(counts):
-            if cnt == 0:
+        w_point, w_out, b_out = self.w_point.unbind(0), self.w_out.unbind(0), self.b_out.unbind(0)
+        hidden = [(w.unbind(0), b.unbind(0)) for w, b in zip(self.w_hidden, self.b_hidden)]
+        chunks = []
+        for f, (xf, hf) in enumerate(zip(torch.split(x, counts), torch.split(h0, counts))):
+            if counts[f] == 0:
                 continue
-            h = self.act(x[start : start + cnt] @ self.w_point[f] + h0[start : start + cnt])
-            for w, b in zip(self.w_hidden, self.b_hidden):
-                h = self.act(h @ w[f] + b[f])
-            chunks.append(h @ self.w_out[f] + self.b_out[f])
-            start += cnt
-        out = torch.empty_like(x).index_copy(0, order, torch.cat(chunks))
-        out = out.reshape(n, kk, 3)
+            h = F.leaky_relu(torch.addmm(hf, xf, w_point[f]), self.negative_slope, inplace=True)
+            for w, b in hidden:
+                h = F.leaky_relu(torch.addmm(b[f], h, w[f]), self.negative_slope, inplace=True)
+            chunks.append(torch.addmm(b_out[f], h, w_out[f]))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        out = torch.cat(chunks).index_select(0, inverse).reshape(n, kk, 3)
         offset = (w_blend[..., None] * out).sum(1)
         control = ((1.0 - w_sel) * (out**2).sum(-1)).sum(-1)
         return Deformation(offset=offset, control=control)

@@ -9,8 +9,8 @@ space and in the canonical field they read there. Everything else lives here, on
    without autograd and deforms every ``coarse_deform_stride``-th sample, interpolating the
    offsets along the ray (``strided_offsets``).
 3. Rays whose coarse weights sum below ``1e-4`` cannot change the image: only the others
-   (``active``) are deformed and shaded at their fine samples; the rest keep zero density
-   and the background colour, scattered into one buffer.
+   (``active``) are deformed, shaded and composited at their fine samples; the rest keep the
+   background colour and zero accumulation, and the per-ray results are placed among them.
 4. The same deformation gives per-frame densities for mesh export (``observed_density``).
 
 A method subclasses :class:`DeformedRadianceModel` and supplies ``frame_conditioning``,
@@ -117,8 +117,11 @@ class DeformedRadianceModel(HeadModel):
             active = self.renderer_accumulation(weights).reshape(-1) >= ACTIVE_ACCUMULATION
         fine = self.sampler_pdf(ray_bundle, samples, weights)
         device = pos.device
-        density = torch.zeros(*fine.shape, 1, device=device)
-        rgb = self.background.to(device).expand(*fine.shape, 3).clone()
+        n = fine.shape[0]
+        rgb = self.background.to(device).expand(n, 3).clone()
+        accumulation = torch.zeros(n, 1, device=device)
+        with torch.no_grad():  # depth is not trained: rays left inactive have all-zero weights
+            depth = self.renderer_depth(torch.zeros(*fine.shape, 1, device=device), fine)
         penalty = torch.zeros((), device=device)
         if active.any():
             sub = fine[active]
@@ -129,16 +132,14 @@ class DeformedRadianceModel(HeadModel):
                 result = self.deform(p.reshape(-1, 3), point_row, rows)
             canonical = p + result.offset.reshape(p.shape)
             d, c = self.canonical_radiance(canonical, sub.frustums.directions, frames[active])
-            density = density.index_put((active,), d)
-            rgb = rgb.index_put((active,), c)
+            w = sub.get_weights(d)
+            # Composited per ray (active rays only), then placed among the background rays.
+            rgb = rgb.index_put((active,), self.renderer_rgb(rgb=c, weights=w))
+            accumulation = accumulation.index_put((active,), self.renderer_accumulation(w))
+            depth = depth.index_put((active,), self.renderer_depth(w.detach(), sub))
             if result.penalty is not None:
                 penalty = result.penalty.mean()
-        weights = fine.get_weights(density)
-        outputs = {
-            "rgb": self.renderer_rgb(rgb=rgb, weights=weights),
-            "accumulation": self.renderer_accumulation(weights),
-            "depth": self.renderer_depth(weights, fine),
-        }
+        outputs = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
         if self.training:
             outputs["deformation_penalty"] = penalty
             outputs["frame_rows"] = rows
