@@ -75,6 +75,55 @@ def ns_train_args(method: str, data: Path, output_dir: Path, extra: Sequence[str
     return ["ns-train", method, *COMMON, *FAST[method], *extra, "--output-dir", str(output_dir), "--data", str(data)]
 
 
+METHOD_SPECS = {
+    "tensorf-local-deform": "headstudio.method_configs.tensorf_local_deform:tensorf_local_deform",
+    "rignerf-star": "headstudio.method_configs.rignerf_star:rignerf_star",
+    "imavatar-surface": "headstudio.method_configs.imavatar_surface:imavatar_surface",
+}
+
+
+def method_pipeline(method: str, subject: Path, rays: int = 256, **model_overrides):
+    """The method's default pipeline on ``subject``, built in this process on the CPU, with the given model
+    config overrides (small networks and sample counts for tests)."""
+    import copy
+    import importlib
+
+    module, name = METHOD_SPECS[method].split(":")
+    cfg = copy.deepcopy(getattr(importlib.import_module(module), name).config)
+    cfg.pipeline.datamanager.train_num_rays_per_batch = rays
+    cfg.pipeline.datamanager.data = subject
+    cfg.pipeline.datamanager.dataparser.data = subject
+    for key, value in model_overrides.items():
+        setattr(cfg.pipeline.model, key, value)
+    return cfg.pipeline.setup(device="cpu", test_mode="val")
+
+
+def viewer_slider_images(pipeline, frames: Sequence[int] = (0, 3), scale: float = 1.0) -> list:
+    """Renders of a training camera stripped of its frame (what the viewer sends) with the viewer's
+    Frame slider at each of ``frames``; the slider is reset afterwards."""
+    import copy
+
+    import torch
+
+    model = pipeline.model
+    camera = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
+    camera.metadata = None
+    if scale != 1.0:
+        camera.rescale_output_resolution(scale)
+    model.eval()
+    images = []
+    try:
+        for frame in frames:
+            model.subject.viewer_frame.value = frame
+            torch.manual_seed(0)
+            rgb = model.get_outputs_for_camera(camera)["rgb"]
+            assert rgb.shape == (int(camera.height), int(camera.width), 3) and torch.isfinite(rgb).all()
+            images.append(rgb)
+    finally:
+        model.subject.viewer_frame.value = model.subject.default_frame
+    return images
+
+
 @pytest.fixture(scope="session")
 def procedural():
     return make_procedural_flame(seed=0)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import method_pipeline, viewer_slider_images
+
 from headstudio.fields.imavatar import DeformationNetwork, GeometryNetwork
 from headstudio.ops.root_finding import broyden, implicit_root
 
@@ -220,17 +222,7 @@ SMALL = dict(geometry_dims=(96,) * 4, geometry_skip=(2,), feature_dim=16, deform
 
 
 def _pipeline(subject, **overrides):
-    import copy
-
-    from headstudio.method_configs.imavatar_surface import imavatar_surface
-
-    cfg = copy.deepcopy(imavatar_surface.config)
-    cfg.pipeline.datamanager.train_num_rays_per_batch = 256
-    cfg.pipeline.datamanager.data = subject
-    cfg.pipeline.datamanager.dataparser.data = subject
-    for key, value in {**SMALL, **overrides}.items():
-        setattr(cfg.pipeline.model, key, value)
-    return cfg.pipeline.setup(device="cpu", test_mode="val")
+    return method_pipeline("imavatar-surface", subject, **{**SMALL, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -340,20 +332,7 @@ def test_ground_truth_normals_in_world_space_match_the_flame_mesh(pipeline):
 
 
 def test_viewer_camera_renders_the_slider_frame(pipeline):
-    import copy
-
-    model = pipeline.model
-    camera = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
-    camera.metadata = None  # what the viewer sends: no frame
-    camera.rescale_output_resolution(0.25)
-    model.eval()
-    images = []
-    for frame in (0, 3):
-        model.subject.viewer_frame.value = frame
-        out = model.get_outputs_for_camera(camera)
-        assert out["rgb"].shape == (16, 16, 3) and torch.isfinite(out["rgb"]).all()
-        images.append(out["rgb"])
-    model.subject.viewer_frame.value = model.subject.default_frame
+    images = viewer_slider_images(pipeline, scale=0.25)
     assert not torch.equal(images[0], images[1])  # the slider's frame (its pose and expression) is used
 
 
@@ -417,3 +396,23 @@ def test_ablation_deformers_train_geometry_and_their_network(subjects, deformer)
     sum(losses.values()).backward()
     for name, net in (("geometry", model.geometry), ("texture", model.texture), (deformer, model.backward_net)):
         assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0, name
+
+
+def test_strided_march_finds_the_dense_crossings_on_the_initial_sphere(pipeline):
+    """march-stride > 1 marches every n-th sample, then the dense ones inside the first bracket: on a thick
+    surface (the initial sphere) it finds the same hits at the same depths as marching every sample."""
+    model = pipeline.model
+    model.eval()
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    out = {}
+    try:
+        with torch.no_grad():
+            for stride in (1, 3):
+                model.config.march_stride = stride
+                out[stride] = model.get_outputs_for_camera(camera)
+    finally:
+        model.config.march_stride = 1
+    a, b = out[1]["accumulation"][..., 0] > 0.5, out[3]["accumulation"][..., 0] > 0.5
+    assert a.sum() > 50 and (a & b).sum() / (a | b).sum() > 0.97
+    both = a & b
+    assert (out[1]["depth"][both] - out[3]["depth"][both]).abs().median() < 1e-4

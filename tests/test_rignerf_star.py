@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import method_pipeline, viewer_slider_images
+
 from headstudio.deformers.rignerf import RigNeRFDeformation, guided_displacement
 from headstudio.ops.nearest import NearestVertex, nearest_vertex_bruteforce
 
@@ -81,15 +83,8 @@ def test_residual_is_near_zero_at_init_and_trainable():
 # ---------------------------------------------------------------------------------- the model
 @pytest.fixture(scope="module")
 def pipeline(subjects):
-    from headstudio.method_configs.rignerf_star import rignerf_star
-
-    cfg = copy.deepcopy(rignerf_star.config)
-    cfg.pipeline.datamanager.train_num_rays_per_batch = 256
-    cfg.pipeline.datamanager.data = subjects["imavatar"]
-    cfg.pipeline.datamanager.dataparser.data = subjects["imavatar"]
-    model = cfg.pipeline.model
-    model.layer_width, model.num_coarse_samples, model.num_importance_samples = 64, 32, 16
-    return cfg.pipeline.setup(device="cpu", test_mode="val")
+    return method_pipeline("rignerf-star", subjects["imavatar"], layer_width=64, num_coarse_samples=32,
+                           num_importance_samples=16)  # fmt: skip
 
 
 def test_param_groups_match_the_optimizers(pipeline):
@@ -122,19 +117,7 @@ def test_rendering_gradients_reach_deformation_codes_and_field(pipeline):
 
 
 def test_viewer_camera_renders_the_slider_frame(pipeline):
-    model = pipeline.model
-    camera = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
-    camera.metadata = None  # what the viewer sends: no frame
-    camera.rescale_output_resolution(0.5)
-    model.eval()
-    images = []
-    for frame in (0, 3):
-        model.subject.viewer_frame.value = frame
-        torch.manual_seed(0)
-        rgb = model.get_outputs_for_camera(camera)["rgb"]
-        assert rgb.shape == (32, 32, 3) and torch.isfinite(rgb).all()
-        images.append(rgb)
-    model.subject.viewer_frame.value = model.subject.default_frame
+    images = viewer_slider_images(pipeline, scale=0.5)
     assert not torch.equal(images[0], images[1])  # the slider's frame (guide mesh, codes) is used
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import method_pipeline, viewer_slider_images
 
 from headstudio.deformers.local_fields import (
     LocalDeformationFields,
@@ -123,17 +124,8 @@ def test_global_field_has_the_parameters_of_34_local_ones():
 # ---------------------------------------------------------------------------------- the model
 @pytest.fixture(scope="module")
 def pipeline(subjects):
-    from headstudio.method_configs.tensorf_local_deform import tensorf_local_deform
-
-    cfg = copy.deepcopy(tensorf_local_deform.config)
-    cfg.pipeline.datamanager.train_num_rays_per_batch = 512
-    cfg.pipeline.datamanager.data = subjects["imavatar"]
-    cfg.pipeline.datamanager.dataparser.data = subjects["imavatar"]
-    cfg.pipeline.model.final_resolution = 48
-    cfg.pipeline.model.init_resolution = 32
-    cfg.pipeline.model.num_uniform_samples = 32
-    cfg.pipeline.model.num_samples = 16
-    return cfg.pipeline.setup(device="cpu", test_mode="val")
+    return method_pipeline("tensorf-local-deform", subjects["imavatar"], rays=512, final_resolution=48,
+                           init_resolution=32, num_uniform_samples=32, num_samples=16)  # fmt: skip
 
 
 def test_param_groups_and_losses_match_the_config(pipeline):
@@ -221,17 +213,7 @@ def test_viewer_frame_slider_and_fixed_frame(pipeline):
 
 
 def test_viewer_camera_without_frame_renders_the_slider_frame(pipeline):
-    model = pipeline.model
-    camera = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
-    camera.metadata = None  # what the viewer sends
-    model.eval()
-    images = []
-    for frame in (0, 3):
-        model.subject.viewer_frame.value = frame
-        rgb = model.get_outputs_for_camera(camera)["rgb"]
-        assert rgb.shape == (64, 64, 3) and torch.isfinite(rgb).all()
-        images.append(rgb)
-    model.subject.viewer_frame.value = model.subject.default_frame
+    images = viewer_slider_images(pipeline)
     assert not torch.equal(images[0], images[1])  # the slider's frame (codes, keypoints) is used
 
 

@@ -114,6 +114,11 @@ class IMavatarSurfaceModelConfig(ModelConfig):
     """Margin around the frame's deformed FLAME mesh box for the fast renderer, world units (ours)."""
     chunk_steps: int = 8
     """Samples per ray evaluated at a time by the fast renderer before hit rays stop (ours)."""
+    march_stride: int = 1
+    """Fast renderer: march every n-th of the dense renderer's samples, then the dense samples between the pair
+    that brackets the first crossing (ours; 1, the default, marches every sample). The same crossing as the dense
+    renderer unless the surface is thinner along the ray than n samples: 4 renders about 1.8x faster and loses
+    about 7 % of the hit pixels at grazing silhouettes (README, ``bench/imavatar_surface.py``)."""
     # --- losses
     occupancy_sharpness: float = 50.0
     """Occupancy = sigmoid(-sharpness * sdf / scene half-size) for the mask loss (public configuration: alpha 50)."""
@@ -284,7 +289,7 @@ class IMavatarSurfaceModel(HeadModel):
         res = march_in_bounds(
             origins, directions, frames, aabb[0], aabb[1], self.correspond, self.level, num_steps=cfg.num_steps,
             num_secant=cfg.num_secant_steps, bounds=(self.mesh_lo[frames], self.mesh_hi[frames]) if fast else None,
-            chunk_steps=cfg.chunk_steps,
+            chunk_steps=cfg.chunk_steps, stride=cfg.march_stride,
         )  # fmt: skip
         n = origins.shape[0]
         rgb = self.background.to(origins).expand(n, 3).clone()
@@ -334,6 +339,8 @@ class IMavatarSurfaceModel(HeadModel):
         """
         differentiable = torch.is_grad_enabled()
         _, jac_w = self.skin.warp_jacobian(root, frames)
+        if not differentiable:  # evaluation: the root is the surface point; no geometry pass is needed here
+            return root.detach(), jac_w
         helper = torch.where(directions[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0]).to(root),
                              torch.tensor([0.0, 1.0, 0.0]).to(root))  # fmt: skip
         b1 = F.normalize(torch.cross(directions, helper, dim=-1), dim=-1)

@@ -47,6 +47,8 @@ class MarchResult:
     """Deformed samples whose correspondences were searched (cost measure)."""
     starts_inside: Bool[Tensor, "N"]
     """The first sample is already inside (the surface reaches out past ``near``)."""
+    bracket: Tuple[Float[Tensor, "N"], Float[Tensor, "N"]] | None = None
+    """Ray parameters of the samples on both sides of the first crossing (where ``hit``)."""
 
     def take(self, rows: Int[Tensor, "R"], other: "MarchResult") -> None:
         """Adopt ``other`` (a march of the rays ``rows``) where it hit."""
@@ -103,11 +105,15 @@ def march(
     num_steps: int = 100,
     num_secant: int = 8,
     chunk_steps: int = 0,
+    bracket_unconverged: bool = False,
 ) -> MarchResult:
     """March rays between ``near`` and ``far`` to the first surface crossing.
 
     ``chunk_steps`` > 0 evaluates that many samples per ray at a time, front to back, and
-    stops rays that have crossed (0: all samples at once).
+    stops rays that have crossed (0: all samples at once). ``num_secant`` 0 only brackets the
+    crossings (``MarchResult.bracket``), without refining them; ``bracket_unconverged`` also takes
+    an unconverged sample followed by an inside one as a bracket (for a coarse pass whose brackets
+    are searched again at the dense samples).
     """
     n, dev = origins.shape[0], origins.device
     hit = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -118,7 +124,7 @@ def march(
     # Bracket of the crossing: (t, sdf, root) on both sides.
     lo_t, hi_t = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
     lo_s, hi_s = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
-    prev_s = torch.full((n,), float("inf"), device=dev)
+    prev_s = torch.full((n,), float("nan"), device=dev)  # no sample before the first: never a crossing
     prev_t = near.clone()
     live = torch.nonzero(far > near).reshape(-1)
     starts_inside = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -149,7 +155,10 @@ def march(
         # First outside-to-inside crossing, including the step from the previous chunk.
         seq_s = torch.cat([prev_s[live, None], sdf], dim=1)
         seq_t = torch.cat([prev_t[live, None], t], dim=1)
-        cross = (seq_s[:, :-1] > 0) & torch.isfinite(seq_s[:, :-1]) & (seq_s[:, 1:] < 0)
+        before = seq_s[:, :-1] > 0
+        if not bracket_unconverged:  # an outside sample whose correspondence did not converge (+inf) is no bracket
+            before &= torch.isfinite(seq_s[:, :-1])
+        cross = before & (seq_s[:, 1:] < 0)
         found = cross.any(dim=1)
         first = cross.float().argmax(dim=1)
         rows = live[found]
@@ -160,6 +169,9 @@ def march(
         prev_s[live], prev_t[live] = sdf[:, -1], t[:, -1]
         if chunk_steps > 0:
             live = live[~found]
+    if num_secant <= 0:
+        return MarchResult(hit=hit, t=t_out, canonical=canon, valid=valid, num_samples=num_samples,
+                           starts_inside=starts_inside, bracket=(lo_t, hi_t))  # fmt: skip
     # Secant refinement of the crossings.
     rows = torch.nonzero(hit).reshape(-1)
     if rows.numel():
@@ -180,7 +192,7 @@ def march(
         canon[rows] = mid_root
         valid[rows] = mid_ok
     return MarchResult(hit=hit & valid, t=t_out, canonical=canon, valid=valid, num_samples=num_samples,
-                       starts_inside=starts_inside)
+                       starts_inside=starts_inside, bracket=(lo_t, hi_t))  # fmt: skip
 
 
 @torch.no_grad()
@@ -196,13 +208,16 @@ def march_in_bounds(
     num_secant: int = 8,
     bounds: Tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"]] | None = None,
     chunk_steps: int = 8,
+    stride: int = 1,
 ) -> MarchResult:
     """March rays through the scene box: every one of ``num_steps`` samples (``bounds`` None, the dense
     reference), or only the same sample positions around per-ray ``bounds`` (the fast renderer).
 
     The fast path keeps the dense spacing, so both bracket the same crossings; it marches front to back in
     chunks of ``chunk_steps``, and a ray that starts inside the bounds' surface (one reaching out of them)
-    also marches its segment in front of the bounds.
+    also marches its segment in front of the bounds. With ``stride`` > 1 it first marches every
+    ``stride``-th of those samples, then the dense samples between the two that bracket the first coarse
+    crossing: the same crossing, unless the surface is thinner along the ray than ``stride`` samples.
     """
     box_near, box_far = ray_box(origins, directions, scene_lo.expand_as(origins), scene_hi.expand_as(origins))
     if bounds is None:
@@ -216,8 +231,12 @@ def march_in_bounds(
     steps = max(2, int((last - first + 1)[live].max())) if live.any() else 2
     near = torch.where(live, box_near + first * dt, near)
     far = torch.where(live, near + (steps - 1) * dt, far)
-    res = march(origins, directions, frame, near, far, correspond, sdf_fn, num_steps=steps, num_secant=num_secant,
-                chunk_steps=chunk_steps)  # fmt: skip
+    if stride > 1:
+        res = _march_strided(origins, directions, frame, near, dt, steps, stride, correspond, sdf_fn, num_secant,
+                             chunk_steps)  # fmt: skip
+    else:
+        res = march(origins, directions, frame, near, far, correspond, sdf_fn, num_steps=steps,
+                    num_secant=num_secant, chunk_steps=chunk_steps)  # fmt: skip
     rows = torch.nonzero(res.starts_inside & (first > 0)).reshape(-1)
     if rows.numel():
         k = int(first[rows].max()) + 1
@@ -225,3 +244,40 @@ def march_in_bounds(
                       correspond, sdf_fn, num_steps=k, num_secant=num_secant, chunk_steps=chunk_steps)  # fmt: skip
         res.take(rows, front)
     return res
+
+
+def _march_strided(
+    origins: Float[Tensor, "N 3"],
+    directions: Float[Tensor, "N 3"],
+    frame: Int[Tensor, "N"],
+    near: Float[Tensor, "N"],
+    dt: Float[Tensor, "N"],
+    steps: int,
+    stride: int,
+    correspond: CorrespondFn,
+    sdf_fn: SdfFn,
+    num_secant: int,
+    chunk_steps: int,
+) -> MarchResult:
+    """Every ``stride``-th of ``steps`` samples spaced ``dt`` from ``near``, then the samples between the pair
+    bracketing each ray's first coarse crossing, refined; rays whose fine samples lose the crossing (a
+    correspondence that does not converge there) are refined on the coarse bracket."""
+    count = (steps - 2) // stride + 2  # the coarse samples cover the dense ones (the last may lie one stride on)
+    coarse = march(origins, directions, frame, near, near + (count - 1) * stride * dt, correspond, sdf_fn,
+                   num_steps=count, num_secant=0, chunk_steps=max(2, chunk_steps // stride),
+                   bracket_unconverged=True)  # fmt: skip
+    rows = torch.nonzero(coarse.hit).reshape(-1)
+    coarse.hit[rows] = False
+    if rows.numel() == 0:
+        return coarse
+    lo, hi = coarse.bracket[0][rows], coarse.bracket[1][rows]
+    fine = march(origins[rows], directions[rows], frame[rows], lo, hi, correspond, sdf_fn, num_steps=stride + 1,
+                 num_secant=num_secant)  # fmt: skip
+    coarse.take(rows, fine)
+    lost = ~fine.hit
+    if lost.any():
+        r = rows[lost]
+        again = march(origins[r], directions[r], frame[r], lo[lost], hi[lost], correspond, sdf_fn, num_steps=2,
+                      num_secant=num_secant)  # fmt: skip
+        coarse.take(r, again)
+    return coarse
