@@ -201,9 +201,9 @@ class LocalDeformationFields(nn.Module):
         for f, (xf, hf) in enumerate(zip(torch.split(x, counts), torch.split(h0, counts))):
             if counts[f] == 0:
                 continue
-            h = F.leaky_relu(torch.addmm(hf, xf, w_point[f]), self.negative_slope, inplace=True)
+            h = F.leaky_relu(torch.addmm(hf, xf, w_point[f]), self.negative_slope)
             for w, b in hidden:
-                h = F.leaky_relu(torch.addmm(b[f], h, w[f]), self.negative_slope, inplace=True)
+                h = F.leaky_relu(torch.addmm(b[f], h, w[f]), self.negative_slope)
             chunks.append(torch.addmm(b_out[f], h, w_out[f]))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)

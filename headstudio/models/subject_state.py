@@ -3,8 +3,8 @@
 Built from the dataparser metadata (FLAME file, shape, the frame table of all splits), kept
 on the device, looked up by the frame index each ray carries. Rays without a frame (the
 viewer's cameras) use the viewer's frame slider; ``fixed_frame`` forces every ray into one
-frame's state (``ns-export tsdf|poisson`` renders all training cameras, so the head must hold
-still).
+frame's state (the head pipeline sets it from ``HEADSTUDIO_FRAME``, so that ``ns-export
+tsdf|poisson``, which renders all training cameras, fuses one expression).
 """
 
 from __future__ import annotations
