@@ -6,15 +6,26 @@ timings and peak memory are per variant; the parent collects the rows and prints
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
+
+
+def add_common_arguments(ap, size: int, iters: int, rays: int) -> None:
+    """The arguments every training bench takes: subject, its size, iterations, rays per batch, variants."""
+    ap.add_argument("--subject", type=Path, default=None, help="existing subject (default: make one)")
+    ap.add_argument("--size", type=int, default=size, help="image size of the synthetic subject made when none is given")
+    ap.add_argument("--iters", type=int, default=iters)
+    ap.add_argument("--rays", type=int, default=rays)
+    ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # child process: one variant
+    ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def device_type() -> str:
@@ -54,6 +65,17 @@ def short_run(cfg, subject: Path, iters: int, rays: int, out_dir: Path, save_eve
     cfg.logging = LoggingConfig(local_writer=cfg.logging.local_writer)
     cfg.logging.local_writer.enable = False
     return cfg
+
+
+def setup_trainer(build_config: Callable, variant: str, args, prefix: str):
+    """A set-up nerfstudio Trainer for one variant (seeded, in a fresh temporary output folder)."""
+    torch.manual_seed(0)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{variant}-"))
+    cfg = build_config(variant, args, out_dir)
+    cfg.set_timestamp()
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
 
 
 def run_variants(script: str, variants: Iterable[str], forwarded: list[str]) -> list[dict]:

@@ -20,14 +20,15 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_subject, device_type, fmt, forward_args, print_table, run_variants, short_run  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_arguments, bench_subject, device_type, fmt, forward_args, print_table, run_variants, setup_trainer, short_run,
+)
 
 VARIANTS = ("full", "ours-", "d-net", "occupancy")
 NETWORK = dict(geometry_dims=(256,) * 6, geometry_skip=(3,), feature_dim=64, deformation_dims=(128,) * 4,
@@ -53,12 +54,7 @@ def build_config(variant: str, args, out_dir: Path):
 
 
 def run_variant(variant: str, args) -> dict:
-    torch.manual_seed(0)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"bench-imavatar-{variant}-"))
-    cfg = build_config(variant, args, out_dir)
-    cfg.set_timestamp()
-    trainer = cfg.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = setup_trainer(build_config, variant, args, "bench-imavatar")
     start = time.perf_counter()
     trainer.train()
     row = {"variant": variant, "train_s": time.perf_counter() - start}
@@ -116,16 +112,11 @@ def secant_study(model, camera) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subject", type=Path, default=None, help="existing subject (default: make one)")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=150)
-    ap.add_argument("--rays", type=int, default=256)
+    add_common_arguments(ap, size=64, iters=150, rays=256)
     ap.add_argument("--steps", type=int, default=48, help="march samples per ray over the scene box (paper config: 100)")
     ap.add_argument("--lr", type=float, default=5e-4, help="Adam rate (paper: 1e-4 over 60 epochs; higher for a short run)")
     ap.add_argument("--test-every", type=int, default=20, help="evaluate every n-th test frame (paper: 10)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant is not None:  # child process
         args.json.write_text(json.dumps(run_variant(args.variant, args)))

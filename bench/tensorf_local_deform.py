@@ -19,14 +19,15 @@ import copy
 import json
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_subject, device_type, fmt, forward_args, print_table, run_variants, short_run  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_arguments, bench_subject, device_type, fmt, forward_args, print_table, run_variants, setup_trainer, short_run,
+)
 
 VARIANTS = ("tensorf", "local-34", "local-5", "global-1", "rignerf-star")
 
@@ -80,12 +81,7 @@ def run_variant(variant: str, args) -> dict:
     """Train and evaluate one variant in this process; returns its row."""
     from headstudio.metrics.images import image_metrics
 
-    torch.manual_seed(0)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"bench-{variant}-"))
-    cfg = build_config(variant, args, out_dir)
-    cfg.set_timestamp()
-    trainer = cfg.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = setup_trainer(build_config, variant, args, "bench")
     times: list[float] = []
     step_fn = trainer.train_iteration
 
@@ -144,10 +140,7 @@ def run_variant(variant: str, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subject", type=Path, default=None, help="existing subject (default: make one)")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--iters", type=int, default=500)
-    ap.add_argument("--rays", type=int, default=1024)
+    add_common_arguments(ap, size=128, iters=500, rays=1024)
     ap.add_argument("--uniform-samples", type=int, default=128)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--final-resolution", type=int, default=128)
@@ -159,8 +152,6 @@ def main() -> None:
     )
     ap.add_argument("--timing-only", action="store_true", help="train and time, skip the evaluation")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant is not None:  # child process
         row = run_variant(args.variant, args)
