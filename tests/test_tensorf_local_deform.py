@@ -93,7 +93,7 @@ def test_gradients_reach_every_local_field(top_k):
     pts, row, kp = _inputs(34)
     cond, latent = torch.randn(1, 53), torch.randn(1, 8, requires_grad=True)
     out = fields(pts, row, kp, cond, latent, torch.randn(1, 6))
-    (out.offset.square().sum() + out.control.sum()).backward()
+    (out.offset.square().sum() + out.penalty.sum()).backward()
     for name in ("w_point", "w_frame", "w_out"):
         per_field = getattr(fields, name).grad.abs().flatten(1).sum(1)
         assert (per_field > 0).all(), f"{name}: fields without gradient: {(per_field == 0).nonzero().flatten()}"

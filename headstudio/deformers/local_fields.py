@@ -13,13 +13,14 @@ them); ``top_k=None`` evaluates every field. Fields run as one batched loop over
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+
+from headstudio.deformers.deformation import Deformation
 
 #: DECA's 68 landmarks: 0-16 contour, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67 mouth.
 LEFT_EYE = tuple(range(36, 42))
@@ -102,16 +103,6 @@ def matched_global_width(in_dim: int, hidden: int, layers: int, num_fields: int)
     while params(w + 1) <= target:
         w += 1
     return w
-
-
-@dataclass
-class Deformation:
-    """Result of the local fields at a set of points."""
-
-    offset: Float[Tensor, "N 3"]
-    """Blended offset, observed to canonical."""
-    control: Float[Tensor, "N"]
-    """Local control penalty: each field's squared offset weighted by how little it owns the point."""
 
 
 class LocalDeformationFields(nn.Module):
@@ -210,4 +201,4 @@ class LocalDeformationFields(nn.Module):
         out = torch.cat(chunks).index_select(0, inverse).reshape(n, kk, 3)
         offset = (w_blend[..., None] * out).sum(1)
         control = ((1.0 - w_sel) * (out**2).sum(-1)).sum(-1)
-        return Deformation(offset=offset, control=control)
+        return Deformation(offset=offset, penalty=control)

@@ -36,7 +36,8 @@ from headstudio.deformers.rignerf import RigNeRFDeformation, guided_displacement
 from headstudio.fields.nerf_mlp import ConditionedNeRFField
 from headstudio.fields.frame_codes import FrameCodes
 from headstudio.ops.nearest import NearestVertex
-from headstudio.rendering.deformed_nerf import DeformedRadianceModel, Deformation, FrameRows
+from headstudio.deformers.deformation import Deformation
+from headstudio.rendering.deformed_nerf import DeformedRadianceModel, FrameRows
 
 
 @dataclass

@@ -48,7 +48,8 @@ from headstudio.deformers.local_fields import (
 from headstudio.deformers.mesh_prior import sample_mesh_prior
 from headstudio.fields.tensorf import TensoRFCanonicalField, upsampling_resolutions
 from headstudio.fields.frame_codes import FrameCodes
-from headstudio.rendering.deformed_nerf import DeformedRadianceModel, Deformation, FrameRows
+from headstudio.deformers.deformation import Deformation
+from headstudio.rendering.deformed_nerf import DeformedRadianceModel, FrameRows
 
 
 @dataclass
@@ -263,8 +264,7 @@ class TensoRFLocalDeformModel(DeformedRadianceModel):
     def deform(self, points: Tensor, row: Tensor, rows: FrameRows) -> Deformation:
         """Local fields: offset to canonical space, and the local control penalty of each point."""
         d = rows.data
-        result = self.deformer(points, row, d["keypoints"], d["cond"], d["latent"], d["pose"])
-        return Deformation(offset=result.offset, penalty=result.control)
+        return self.deformer(points, row, d["keypoints"], d["cond"], d["latent"], d["pose"])
 
     def canonical_density(self, points: Tensor) -> Tensor:
         return self.field.density(points)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Tuple
 
 import torch
 from jaxtyping import Float, Int
@@ -32,6 +32,7 @@ from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from nerfstudio.utils import colors
 from torch import Tensor
 
+from headstudio.deformers.deformation import Deformation
 from headstudio.models.head_model import HeadModel
 from headstudio.rendering.deformed_sampling import strided_offsets
 
@@ -49,14 +50,6 @@ class FrameRows:
     """Each ray's row in ``frames``."""
     data: Dict[str, Tensor]
     """Per-row conditioning of the deformation (first dimension U), as the method defines it."""
-
-
-@dataclass
-class Deformation:
-    """Observed-to-canonical offsets of points, and an optional per-point penalty for a loss."""
-
-    offset: Float[Tensor, "N 3"]
-    penalty: Optional[Float[Tensor, "N"]] = None
 
 
 class DeformedRadianceModel(HeadModel):
