@@ -62,7 +62,8 @@ def fixed_frame_from_env(environ: Mapping[str, str], num_frames: int) -> Optiona
 
 
 def frame_codes_of(model: torch.nn.Module) -> List[FrameCodes]:
-    """The model's per-frame code tables other than geometry ones (what test-time fitting tunes)."""
+    """The model's per-frame code tables (what test-time fitting tunes): deformation and appearance codes,
+    or imavatar-surface's geometry codes."""
     return [m for m in model.modules() if isinstance(m, FrameCodes)]
 
 
