@@ -83,6 +83,8 @@ def renderer_speed(pipeline, args) -> dict:
         maps[name] = outputs["accumulation"][..., 0] > 0.5, outputs["depth"][..., 0]
     model.config.renderer, model.config.march_stride = "fast", 1
     out.update(secant_study(model, camera))
+    for mode in ("fast", "dense"):
+        out.update({f"{mode}_{k}": v for k, v in march_counts(model, camera, mode).items()})
     ref_hit, ref_depth = maps["dense"]
     for name in ("fast", "fast4"):
         hit, depth = maps[name]
@@ -91,6 +93,56 @@ def renderer_speed(pipeline, args) -> dict:
         out[f"{name}_depth_diff"] = float((depth[both] - ref_depth[both]).abs().median()) if both.any() else float("nan")
         out[f"{name}_speedup"] = out[f"{name}_rays_per_s"] / out["dense_rays_per_s"]
     return out
+
+
+@torch.no_grad()
+def march_counts(model, camera, mode: str) -> dict:
+    """Where a renderer's work goes on one image: rays in the FLAME-mesh box, hits, correspondence searches,
+    Broyden residual evaluations per start, SDF reads."""
+    import torch.nn.functional as F
+
+    import headstudio.deformers.forward_skinning as skinning
+    from headstudio.rendering.implicit_surface import march_in_bounds, ray_box
+
+    cfg = model.config
+    bundle = camera.generate_rays(camera_indices=0, keep_shape=False)
+    frames = model.subject.frame_of(bundle)
+    o, d = bundle.origins.reshape(-1, 3), F.normalize(bundle.directions.reshape(-1, 3), dim=-1)
+    count = {"searches": 0, "sdf_reads": 0, "starts": 0, "residuals": 0}
+    solver = skinning.broyden
+
+    def broyden(fn, x0, *a, **k):
+        count["starts"] += x0.shape[0]
+
+        def residual(x, ids):
+            count["residuals"] += x.shape[0]
+            return fn(x, ids)
+
+        return solver(residual, x0, *a, **k)
+
+    def correspond(x, f):
+        count["searches"] += x.shape[0]
+        return model.correspond(x, f)
+
+    def level(x, f):
+        count["sdf_reads"] += x.shape[0]
+        return model.level(x, f)
+
+    keep = cfg.renderer
+    cfg.renderer, skinning.broyden = mode, broyden
+    try:
+        fast = mode == "fast"
+        bounds = (model.mesh_lo[frames], model.mesh_hi[frames]) if fast else None
+        res = march_in_bounds(o, d, frames, model.scene_box.aabb[0].to(o), model.scene_box.aabb[1].to(o), correspond,
+                              level, num_steps=cfg.num_steps, num_secant=cfg.num_secant_steps, bounds=bounds,
+                              chunk_steps=cfg.chunk_steps)  # fmt: skip
+    finally:
+        cfg.renderer, skinning.broyden = keep, solver
+    near, far = ray_box(o, d, model.mesh_lo[frames], model.mesh_hi[frames])
+    in_box = far > near
+    count.update(rays=o.shape[0], in_box=int(in_box.sum()), hits=int(res.hit.sum()),
+                 in_box_misses=int((in_box & ~res.hit).sum()), residuals_per_start=count["residuals"] / max(1, count["starts"]))
+    return count
 
 
 @torch.no_grad()
@@ -149,6 +201,11 @@ def main() -> None:
              fmt(full["fast4_rays_per_s"], ".0f"), fmt(full["fast4_speedup"], ".1f"), fmt(full["fast4_hit_iou"], ".3f"),
              fmt(full["fast4_depth_diff"], ".1e")],
         ])  # fmt: skip
+        print()
+        keys = ("rays", "in_box", "hits", "in_box_misses", "searches", "starts", "residuals", "residuals_per_start",
+                "sdf_reads")  # fmt: skip
+        print_table(["renderer", *keys], [[m] + [fmt(full.get(f"{m}_{k}"), ".2f" if k == "residuals_per_start" else "d")
+                                                 for k in keys] for m in ("fast", "dense")])  # fmt: skip
         print("\n| level refined by secant steps | 2 steps | 8 steps |  (mean depth error on hit pixels vs 40 SDF steps, world units)")
         print("|---|---|---|")
         for surface in ("sdf", "occupancy"):
