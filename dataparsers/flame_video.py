@@ -29,32 +29,13 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 
 from headstudio.data.errors import DataError, Problems, install_excepthook
-from headstudio.data.formats import VideoSubject, read_subject
+from headstudio.data.formats import VideoSubject, complete_subject, read_subject
 from headstudio.data.track import FlameTrack
-from headstudio.flame.constants import MODEL_FILENAME, WORLD_SCALE
-from headstudio.flame.files import FLAME_LICENCE_HINT
+from headstudio.flame.constants import WORLD_SCALE
+from headstudio.flame.files import FLAME_ENV, resolve_flame_path  # noqa: F401  (re-exported for callers)
+from headstudio.utils.progress import progress_bar, stepper
 from headstudio.flame.model import FlameModel
 from headstudio.flame.safe_pickle import FlameFileError
-
-FLAME_ENV = "HEADSTUDIO_FLAME"
-
-
-def resolve_flame_path(flame_path: Optional[Path], subject_root: Path) -> Path:
-    """``--flame-path``, else ``$HEADSTUDIO_FLAME``, else the model inside the subject."""
-    if flame_path is not None:
-        if not Path(flame_path).exists():
-            raise DataError(f"{flame_path}: --flame-path does not exist. {FLAME_LICENCE_HINT}")
-        return Path(flame_path)
-    env = os.environ.get(FLAME_ENV)
-    if env:
-        if not Path(env).exists():
-            raise DataError(f"{env}: ${FLAME_ENV} points to a missing file. {FLAME_LICENCE_HINT}")
-        return Path(env)
-    inside = subject_root / "flame" / MODEL_FILENAME
-    if inside.exists():
-        return inside
-    raise DataError(f"{subject_root}: no FLAME model found (no --flame-path, no ${FLAME_ENV}, no flame/{MODEL_FILENAME} in the subject). {FLAME_LICENCE_HINT}")
-
 
 @dataclass
 class FlameVideoDataParserConfig(DataParserConfig):
@@ -75,6 +56,13 @@ class FlameVideoDataParserConfig(DataParserConfig):
     """IMavatar/Kinect: evaluate every n-th frame of the test sequences (IMavatar's protocol)."""
     background_color: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Colour the images are composited onto outside the mask (and the models' background)."""
+    nerface_camera_depth: float = 1.0
+    """NerFace: the real mean camera depth in metres. NerFace scales its cameras so that this depth becomes 0.5 and
+    does not record the factor (Gafni et al. 2021, real_to_nerf.py); translations are multiplied by 8 x this value
+    to reach headstudio's units (FLAME metres x 4)."""
+    kinect_intrinsics: Optional[Path] = None
+    """MonoNPHM: the Kinect calibration ``kinect_intrinsics.txt`` (``cx cy fx fy ...``, MonoNPHM's assets/); default: that
+    file in the sequence or subject folder, else the tracker's K in the camera npz (MonoNPHM's video case)."""
     scene_bound: float = 1.0
     """Half-size of the scene box around the head, in world units (a head spans about one unit)."""
     one_line_errors: bool = True
@@ -90,36 +78,47 @@ class FlameVideoDataParser(DataParser):
         super().__init__(config=config)
         if config.one_line_errors:
             install_excepthook()
-        self._cache: Optional[tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray, np.ndarray]] = None
+        self._cache: Optional[tuple[VideoSubject, Optional[FlameModel], Optional[Path], np.ndarray, np.ndarray, np.ndarray]] = None
 
-    def load_subject(self) -> tuple[VideoSubject, FlameModel, Path, np.ndarray, np.ndarray, np.ndarray]:
+    def load_subject(self) -> tuple[VideoSubject, Optional[FlameModel], Optional[Path], np.ndarray, np.ndarray, np.ndarray]:
         """Read and validate the subject, load FLAME, compute cameras and poses in the world frame."""
         if self._cache is not None:
             return self._cache
         cfg = self.config
         root = Path(cfg.data)
-        subject, problems = read_subject(root, cfg.format, Problems(), cfg.test_sequences, cfg.test_every)
+        subject, problems = read_subject(
+            root, cfg.format, Problems(), cfg.test_sequences, cfg.test_every, cfg.nerface_camera_depth, cfg.kinect_intrinsics
+        )
         problems.raise_if_any(hint=f"run `hs-check-data {root}` to list them all")
-        flame_path = resolve_flame_path(cfg.flame_path, root)
-        num_shape = max(len(subject.shape), 1)
-        num_expr = len(subject.frames[0].expression)
         try:
-            flame = FlameModel.from_file(flame_path, num_shape=num_shape, num_expression=num_expr)
+            flame_path: Optional[Path] = resolve_flame_path(cfg.flame_path, root)
         except FlameFileError as exc:
-            raise DataError(str(exc)) from None
-        except ValueError as exc:
-            raise DataError(f"{flame_path}: the subject's parameters do not fit this FLAME model: {exc}") from None
-        shape = subject.shape if len(subject.shape) else np.zeros(num_shape)
-        expr = np.stack([f.expression for f in subject.frames])
+            if subject.flame_tracked:
+                raise DataError(str(exc)) from None
+            flame_path = None  # no FLAME parameters to evaluate; the methods refuse such a subject
+        with progress_bar() as bar:
+            complete_subject(subject, problems, flame_path, stepper(bar))
+        problems.raise_if_any(hint=f"run `hs-check-data {root}` to list them all")
         pose = np.stack([f.pose for f in subject.frames]).copy()
         c2w = np.stack([f.c2w for f in subject.frames])
-        # Rigid head pose of each frame in world units: FLAME's root-joint transform.
-        f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-        g = FlameTrack(flame, f32(shape), f32(expr), f32(pose)).transforms[:, 0].double().numpy()
-        if cfg.fold_head_pose and not subject.head_folded:
-            c2w = np.linalg.inv(g) @ c2w
-        elif not cfg.fold_head_pose and subject.head_folded:
-            c2w = g @ c2w
+        shape = subject.shape if len(subject.shape) else np.zeros(1)
+        flame = None
+        if subject.flame_tracked:
+            num_expr = len(subject.frames[0].expression)
+            try:
+                flame = FlameModel.from_file(flame_path, num_shape=len(shape), num_expression=num_expr)
+            except FlameFileError as exc:
+                raise DataError(str(exc)) from None
+            except ValueError as exc:
+                raise DataError(f"{flame_path}: the subject's parameters do not fit this FLAME model: {exc}") from None
+            expr = np.stack([f.expression for f in subject.frames])
+            # Rigid head pose of each frame in world units: FLAME's root-joint transform.
+            f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+            g = FlameTrack(flame, f32(shape), f32(expr), f32(pose)).transforms[:, 0].double().numpy()
+            if cfg.fold_head_pose and not subject.head_folded:
+                c2w = np.linalg.inv(g) @ c2w
+            elif not cfg.fold_head_pose and subject.head_folded:
+                c2w = g @ c2w
         if cfg.fold_head_pose:
             pose[:, :3] = 0.0
         self._cache = (subject, flame, flame_path, c2w, pose, shape)
@@ -176,6 +175,9 @@ class FlameVideoDataParser(DataParser):
             "head_pose_folded": self.config.fold_head_pose,
             "world_scale": WORLD_SCALE,
             "layout": subject.layout,
+            "subject_root": subject.root,
+            "flame_tracked": subject.flame_tracked,
+            "flame_missing": subject.flame_missing,
             "landmarks_px": torch.tensor(lms, dtype=torch.float32),
         }
         if has_masks:

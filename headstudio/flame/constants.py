@@ -2,6 +2,8 @@
 
 MODEL_FILENAME = "generic_model.pkl"
 LANDMARK_FILENAME = "landmark_embedding.npy"
+LANDMARK_WITH_EYES_FILENAME = "landmark_embedding_with_eyes.npy"
+"""IMavatar's 70-point embedding (the 68 plus two iris points)."""
 MASKS_FILENAME = "FLAME_masks.pkl"
 
 NUM_JOINTS = 5

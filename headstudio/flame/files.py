@@ -3,6 +3,12 @@
 The licensed FLAME 2020/2023 files and headstudio's procedural FLAME-format model go
 through the same functions. Every pickle goes through the allow-list unpickler of
 :mod:`headstudio.flame.safe_pickle`. Errors are one line naming the file and the field.
+
+Landmark embeddings come in two layouts, both read by :func:`load_landmark_embedding`:
+DECA's ``landmark_embedding.npy`` (68 points: 51 static + 17 dynamic contour) and
+IMavatar's ``landmark_embedding_with_eyes.npy`` (70 points: the same plus 2 iris points).
+Region masks are either ``FLAME_masks.pkl`` or INSTA's ``flame_masks/`` folder of text
+lists; :func:`load_region_masks` reads both.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from headstudio.flame.constants import (  # noqa: F401
 )
 from headstudio.flame.safe_pickle import FlameFileError, safe_load_npy_dict, safe_load_pickle
 
+FLAME_ENV = "HEADSTUDIO_FLAME"
+"""Environment variable naming a FLAME ``generic_model.pkl``."""
 FLAME_LICENCE_HINT = (
     "FLAME is licensed and cannot be bundled or downloaded by headstudio: register at "
     "https://flame.is.tue.mpg.de, download FLAME 2020 or 2023, and pass --flame-path "
@@ -33,7 +41,13 @@ FLAME_LICENCE_HINT = (
     "FLAME-format model with `hs-synth flame-model OUT.pkl`"
 )
 
+NUM_STATIC = NUM_LANDMARKS - NUM_CONTOUR
+"""Static (inner-face) landmarks of the iBUG-68 layout: 51."""
+NUM_IRIS = 2
+"""Iris points that IMavatar's 70-point embedding appends after the 51 static ones."""
 
+NON_REGION_TEXT_FILES = frozenset({"smplx_flame.txt"})
+"""Text files in INSTA's ``flame_masks/`` folder that are not region vertex lists."""
 
 @dataclass
 class FlameArrays:
@@ -59,7 +73,20 @@ class FlameArrays:
 
 @dataclass
 class LandmarkEmbedding:
-    """DECA-style 68-landmark embedding: faces and barycentric coordinates."""
+    """DECA-style landmark embedding: faces and barycentric coordinates, iBUG-68 order.
+
+    Rows of the 68 landmarks: 0..16 the jaw contour (taken from the dynamic table, one
+    79-row table per contour point, chosen by head yaw), 17..67 the 51 static inner points
+    (brows, nose, eyes, mouth) = ``static_*``. ``full_*`` is a fixed (non-dynamic) embedding
+    of all 68 in the same order; in DECA's file ``full[17:] == static``.
+
+    IMavatar's 70-point file (``landmark_embedding_with_eyes.npy``) stores 53 static points,
+    the 51 above and then 2 iris points, and a full table of 70 (the 68, then the same
+    2 iris points). IMavatar's tracked ``flame_keypoints`` follow that order: 17 contour +
+    51 static + 2 iris. Here the iris points are split off into ``iris_*`` so that the
+    static and full tables are always the 51 / 68 of the iBUG layout; ``iris_*`` are
+    ``None`` for a 68-point file.
+    """
 
     static_faces: np.ndarray  # (51,) int
     static_bary: np.ndarray  # (51, 3)
@@ -67,6 +94,17 @@ class LandmarkEmbedding:
     dynamic_bary: np.ndarray  # (79, 17, 3)
     full_faces: np.ndarray  # (68,) int
     full_bary: np.ndarray  # (68, 3)
+    iris_faces: Optional[np.ndarray] = None  # (2,) int: rows 51..52 of a 53-row static table
+    iris_bary: Optional[np.ndarray] = None  # (2, 3)
+
+    @property
+    def has_iris(self) -> bool:
+        return self.iris_faces is not None
+
+    @property
+    def num_points(self) -> int:
+        """68, or 70 with the iris points (the length of the source file's full table)."""
+        return NUM_LANDMARKS + (NUM_IRIS if self.has_iris else 0)
 
 
 def _field(data: Mapping[str, Any], key: str, path: Path) -> np.ndarray:
@@ -153,7 +191,19 @@ def load_flame_arrays(path: os.PathLike | str, num_shape_total: Optional[int] = 
 
 
 def load_landmark_embedding(path: os.PathLike | str, num_faces: Optional[int] = None) -> LandmarkEmbedding:
-    """Load a DECA-style ``landmark_embedding.npy`` (an np.save'd dict)."""
+    """Load a DECA-style landmark embedding (an np.save'd dict).
+
+    Two layouts are accepted, told apart by the length of ``static_lmk_faces_idx``:
+
+    - 51: DECA's ``landmark_embedding.npy`` (full table of 68);
+    - 53: IMavatar's ``landmark_embedding_with_eyes.npy``, 51 + 2 iris points last (full
+      table of 70, the 68 then the 2 iris points). The iris points are read from the
+      static table (rows 51, 52), which is what DECA/IMavatar's FLAME layer uses to fit
+      the 70 tracked keypoints, and returned as ``iris_faces`` / ``iris_bary``.
+
+    The ``full_*`` fields may be stored ``(1, N)`` / ``(1, N, 3)`` (as both files do).
+    Anything else is a :class:`FlameFileError` naming the file and the field.
+    """
     path = _require_file(Path(path), "landmark embedding")
     data = safe_load_npy_dict(path)
     if not isinstance(data, Mapping):
@@ -166,27 +216,107 @@ def load_landmark_embedding(path: os.PathLike | str, num_faces: Optional[int] = 
                 raise FlameFileError(f"{path}: field '{key}' must hold integer face ids, got {arr.dtype}")
             arr = arr.astype(np.int64)
             if num_faces is not None and arr.size and (arr.min() < 0 or arr.max() >= num_faces):
-                raise FlameFileError(f"{path}: field '{key}' indexes face {arr.max()} of a {num_faces}-face mesh")
+                bad = arr.min() if arr.min() < 0 else arr.max()
+                raise FlameFileError(f"{path}: field '{key}' indexes face {bad} of a {num_faces}-face mesh")
         else:
             arr = arr.astype(np.float64)
-        if arr.shape != shape and arr.reshape(-1).shape[0] == int(np.prod(shape)) and arr.shape[0] == 1:
-            arr = arr.reshape(shape)  # full_* is stored (1, 68) in DECA's file
+        if (
+            None not in shape
+            and arr.shape != shape
+            and arr.ndim == len(shape) + 1
+            and arr.shape[0] == 1
+            and arr.shape[1:] == shape
+        ):
+            arr = arr[0]  # full_* is stored (1, 68) / (1, 70) in DECA's and IMavatar's files
         _expect_shape(arr, shape, key, path)
         return arr
 
+    static_faces = get("static_lmk_faces_idx", (None,), True)
+    num_static = static_faces.shape[0]
+    if num_static not in (NUM_STATIC, NUM_STATIC + NUM_IRIS):
+        raise FlameFileError(
+            f"{path}: field 'static_lmk_faces_idx' has shape {tuple(static_faces.shape)}, expected ({NUM_STATIC}) "
+            f"for a 68-point (DECA) or ({NUM_STATIC + NUM_IRIS}) for a 70-point (IMavatar, with iris) embedding"
+        )
+    with_iris = num_static == NUM_STATIC + NUM_IRIS
+    num_full = NUM_LANDMARKS + (NUM_IRIS if with_iris else 0)
+    static_bary = get("static_lmk_bary_coords", (num_static, 3), False)
+    full_faces = get("full_lmk_faces_idx", (num_full,), True)
+    full_bary = get("full_lmk_bary_coords", (num_full, 3), False)
     return LandmarkEmbedding(
-        static_faces=get("static_lmk_faces_idx", (51,), True),
-        static_bary=get("static_lmk_bary_coords", (51, 3), False),
+        static_faces=static_faces[:NUM_STATIC],
+        static_bary=static_bary[:NUM_STATIC],
         dynamic_faces=get("dynamic_lmk_faces_idx", (NUM_DYNAMIC_BINS, NUM_CONTOUR), True),
         dynamic_bary=get("dynamic_lmk_bary_coords", (NUM_DYNAMIC_BINS, NUM_CONTOUR, 3), False),
-        full_faces=get("full_lmk_faces_idx", (NUM_LANDMARKS,), True),
-        full_bary=get("full_lmk_bary_coords", (NUM_LANDMARKS, 3), False),
+        full_faces=full_faces[:NUM_LANDMARKS],
+        full_bary=full_bary[:NUM_LANDMARKS],
+        iris_faces=static_faces[NUM_STATIC:] if with_iris else None,
+        iris_bary=static_bary[NUM_STATIC:] if with_iris else None,
     )
 
 
+def _check_region(ids: np.ndarray, name: str, path: Path, num_vertices: Optional[int]) -> np.ndarray:
+    if num_vertices is not None and ids.size and (ids.min() < 0 or ids.max() >= num_vertices):
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise FlameFileError(f"{path}: region '{name}' indexes vertex {bad} of a {num_vertices}-vertex mesh")
+    if ids.size and ids.min() < 0:
+        raise FlameFileError(f"{path}: region '{name}' holds a negative vertex id {ids.min()}")
+    return ids.astype(np.int64)
+
+
+def _load_region_text(path: Path, num_vertices: Optional[int]) -> np.ndarray:
+    """One INSTA region list: one integer vertex id per line (blank lines ignored)."""
+    name = path.stem
+    try:
+        text = path.read_bytes().decode("ascii")
+    except OSError as exc:
+        raise FlameFileError(f"{path}: cannot read region list ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise FlameFileError(f"{path}: region list is not plain ASCII text") from None
+    ids = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        item = line.strip()
+        if not item:
+            continue
+        try:
+            ids.append(int(item, 10))
+        except ValueError:
+            shown = item if len(item) <= 40 else item[:37] + "..."
+            raise FlameFileError(f"{path}: line {lineno} is not an integer vertex id ({shown!r})") from None
+    if not ids:
+        raise FlameFileError(f"{path}: region list '{name}' holds no vertex ids")
+    return _check_region(np.asarray(ids, dtype=np.int64), name, path, num_vertices)
+
+
 def load_region_masks(path: os.PathLike | str, num_vertices: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Load ``FLAME_masks.pkl``: region name -> vertex ids."""
-    path = _require_file(Path(path), "region mask file")
+    """Load FLAME region masks: region name -> int64 vertex ids.
+
+    ``path`` is one of:
+
+    - ``FLAME_masks.pkl`` (a pickled dict, read through the allow-list unpickler);
+    - a folder of INSTA-style text lists (``flame_masks/face.txt``, ``lips.txt``, ...), one
+      vertex id per line, the region named after the file's stem; regions come in the
+      order of their file names;
+    - a single such ``.txt`` list (a one-region dict).
+
+    In a folder, ``smplx_flame.txt`` is skipped: INSTA ships it next to the region lists,
+    but it is not a region, it has one line per FLAME vertex (5023) giving the matching
+    SMPL-X vertex id (values up to 10474), so read as a region it would either fail the
+    vertex-id check or silently select most of the head. Passing it as a single file is
+    an error for the same reason. With ``num_vertices`` every id is checked against the
+    mesh; errors are one line naming the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        lists = sorted(p for p in path.glob("*.txt") if p.is_file() and p.name not in NON_REGION_TEXT_FILES)
+        if not lists:
+            raise FlameFileError(f"{path}: folder holds no region lists (*.txt, one vertex id per line)")
+        return {p.stem: _load_region_text(p, num_vertices) for p in lists}
+    path = _require_file(path, "region mask file")
+    if path.suffix.lower() == ".txt":
+        if path.name in NON_REGION_TEXT_FILES:
+            raise FlameFileError(f"{path}: not a region list (INSTA's FLAME -> SMPL-X vertex map)")
+        return {path.stem: _load_region_text(path, num_vertices)}
     data = safe_load_pickle(path)
     if not isinstance(data, Mapping):
         raise FlameFileError(f"{path}: expected a dict of region name -> vertex ids, got {type(data).__name__}")
@@ -195,12 +325,32 @@ def load_region_masks(path: os.PathLike | str, num_vertices: Optional[int] = Non
         arr = np.asarray(ids)
         if arr.dtype.kind not in "iu" or arr.ndim != 1:
             raise FlameFileError(f"{path}: region '{name}' must be a 1-D integer array of vertex ids")
-        if num_vertices is not None and arr.size and (arr.min() < 0 or arr.max() >= num_vertices):
-            raise FlameFileError(f"{path}: region '{name}' indexes vertex {arr.max()} of a {num_vertices}-vertex mesh")
-        masks[str(name)] = arr.astype(np.int64)
+        masks[str(name)] = _check_region(arr, str(name), path, num_vertices)
     return masks
 
 
 def sibling(model_path: os.PathLike | str, filename: str) -> Path:
     """Path of a companion file (landmarks, masks) next to a model file."""
     return Path(model_path).with_name(filename)
+
+
+def resolve_flame_path(flame_path: Optional[Path], subject_root: Path) -> Path:
+    """``--flame-path``, else ``$HEADSTUDIO_FLAME``, else the model inside the subject (``flame/``; for
+    IMavatar's nested ``<subject>/<subject>`` also the outer folder's)."""
+    if flame_path is not None:
+        if not Path(flame_path).exists():
+            raise FlameFileError(f"{flame_path}: --flame-path does not exist. {FLAME_LICENCE_HINT}")
+        return Path(flame_path)
+    env = os.environ.get(FLAME_ENV)
+    if env:
+        if not Path(env).exists():
+            raise FlameFileError(f"{env}: ${FLAME_ENV} points to a missing file. {FLAME_LICENCE_HINT}")
+        return Path(env)
+    subject_root = Path(subject_root)
+    candidates = [subject_root / "flame" / MODEL_FILENAME]
+    if subject_root.parent.name == subject_root.name:
+        candidates.append(subject_root.parent / "flame" / MODEL_FILENAME)
+    for inside in candidates:
+        if inside.exists():
+            return inside
+    raise FlameFileError(f"{subject_root}: no FLAME model found (no --flame-path, no ${FLAME_ENV}, no flame/{MODEL_FILENAME} in the subject). {FLAME_LICENCE_HINT}")

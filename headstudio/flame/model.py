@@ -107,6 +107,9 @@ class FlameModel(nn.Module):
             self.register_buffer("lmk_dynamic_bary", f32(lm.dynamic_bary), persistent=False)
             self.register_buffer("lmk_full_faces", torch.as_tensor(lm.full_faces), persistent=False)
             self.register_buffer("lmk_full_bary", f32(lm.full_bary), persistent=False)
+            if lm.has_iris:
+                self.register_buffer("lmk_iris_faces", torch.as_tensor(lm.iris_faces), persistent=False)
+                self.register_buffer("lmk_iris_bary", f32(lm.iris_bary), persistent=False)
         self.region_masks = dict(region_masks or {})
 
     @classmethod
@@ -118,7 +121,13 @@ class FlameModel(nn.Module):
         num_shape: int = 100,
         num_expression: int = 50,
     ) -> "FlameModel":
-        """Load a model file; companion files default to siblings with the official names."""
+        """Load a model file; companion files default to siblings with the official names.
+
+        ``landmark_path`` may be DECA's 68-point ``landmark_embedding.npy`` or IMavatar's
+        70-point ``landmark_embedding_with_eyes.npy`` (then :attr:`has_iris`);
+        ``masks_path`` may be ``FLAME_masks.pkl``, INSTA's ``flame_masks/`` folder of text
+        lists, or one such list (see :func:`~headstudio.flame.files.load_region_masks`).
+        """
         arrays = load_flame_arrays(model_path)
         lmk_path = Path(landmark_path) if landmark_path else sibling(model_path, LANDMARK_FILENAME)
         msk_path = Path(masks_path) if masks_path else sibling(model_path, MASKS_FILENAME)
@@ -133,6 +142,11 @@ class FlameModel(nn.Module):
     @property
     def num_vertices(self) -> int:
         return self.v_template.shape[0]
+
+    @property
+    def has_iris(self) -> bool:
+        """Whether the landmark embedding has IMavatar's 2 iris points (a 70-point file)."""
+        return hasattr(self, "lmk_iris_faces")
 
     def _batch(self, tensor: Optional[Tensor], batch: int, dim: int) -> Tensor:
         if tensor is None:
@@ -199,8 +213,23 @@ class FlameModel(nn.Module):
         return torch.cat([contour, static], dim=1)
 
     def full_landmarks(self, vertices: Float[Tensor, "B V 3"]) -> Float[Tensor, "B 68 3"]:
-        """68 landmarks from the fixed (non-dynamic) full embedding."""
+        """68 landmarks from the fixed (non-dynamic) full embedding (iris points excluded)."""
         return faces_points(vertices, self.faces, self.lmk_full_faces, self.lmk_full_bary)
+
+    def iris_landmarks(self, vertices: Float[Tensor, "B V 3"]) -> Float[Tensor, "B 2 3"]:
+        """The 2 iris points of a 70-point embedding, in the file's order.
+
+        They are rows 68, 69 of IMavatar's tracked ``flame_keypoints`` (after the 17
+        contour and 51 static points that :meth:`landmarks` returns). Raises
+        :class:`ValueError` when the embedding has none (check :attr:`has_iris`).
+        """
+        if not self.has_iris:
+            what = "a 68-point landmark embedding" if self.has_landmarks else "no landmark embedding"
+            raise ValueError(
+                f"this FLAME model has {what}, so no iris landmarks: load a 70-point embedding "
+                "such as IMavatar's landmark_embedding_with_eyes.npy"
+            )
+        return faces_points(vertices, self.faces, self.lmk_iris_faces, self.lmk_iris_bary)
 
     def pose_feature(self, pose: Float[Tensor, "B 15"]) -> Float[Tensor, "B 36"]:
         return pose_feature(axis_angle_to_matrix(pose.reshape(pose.shape[0], -1, 3)))

@@ -19,13 +19,19 @@ OPENCV_FROM_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
 
 
 def gt_normal_path(image: Path) -> Optional[Path]:
-    """``gt/<sequence>/normal/<stem>.png`` of a subject's image, if the subject has one."""
+    """``gt/<sequence>/normal/<stem>.png`` of a subject's image, if the subject has one.
+
+    The sequence is the folder on the image's path below the subject that ``gt/`` has
+    (``<seq>/image/`` in IMavatar's nested layout, ``<split>/`` in NerFace's, ...).
+    """
     image = Path(image)
     for root in image.parents:
         if (root / "gt").is_dir():
-            rel = image.relative_to(root).parts
-            candidate = root / "gt" / rel[0] / "normal" / f"{image.stem}.png"
-            return candidate if candidate.exists() else None
+            for part in image.relative_to(root).parts[:-1]:
+                candidate = root / "gt" / part / "normal" / f"{image.stem}.png"
+                if candidate.exists():
+                    return candidate
+            return None
     return None
 
 

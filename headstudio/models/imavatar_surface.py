@@ -419,15 +419,19 @@ class IMavatarSurfaceModel(HeadModel):
         forward = self.backward_net is None  # the ablations have no forward map to move landmarks with
         if forward and camera is not None and "landmarks_px" in batch and camera.metadata and "frame_index" in camera.metadata:
             frame = int(camera.metadata["frame_index"].reshape(-1)[0])
-            lms = self.skin.canonical_landmarks[17:]
-            with torch.no_grad():
-                moved, _ = self.skin.warp(lms, torch.full((len(lms),), frame, dtype=torch.long, device=lms.device))
-            c = camera.to(self.device)
-            px = project(moved, c.camera_to_worlds[0], c.fx[0, 0], c.fy[0, 0], c.cx[0, 0], c.cy[0, 0])
-            target = batch["landmarks_px"].to(self.device)[17:]
-            ok = torch.isfinite(target).all(-1)
-            if ok.any():
-                out["keypoint_error"] = float((px[ok] - target[ok]).norm(dim=-1).mean())
+            # Rows 17..67 on both sides: the tracked keypoints may be IMavatar's 70 (17 contour + 51 inner
+            # + 2 iris), the canonical landmarks are FLAME's 68; the iris rows are not part of the metric.
+            inner = slice(17, 68)
+            target = batch["landmarks_px"].to(self.device)[inner]
+            lms = self.skin.canonical_landmarks[inner]
+            if target.shape[0] == lms.shape[0] == 51:
+                with torch.no_grad():
+                    moved, _ = self.skin.warp(lms, torch.full((len(lms),), frame, dtype=torch.long, device=lms.device))
+                c = camera.to(self.device)
+                px = project(moved, c.camera_to_worlds[0], c.fx[0, 0], c.fy[0, 0], c.cx[0, 0], c.cy[0, 0])
+                ok = torch.isfinite(target).all(-1)
+                if ok.any():
+                    out["keypoint_error"] = float((px[ok] - target[ok]).norm(dim=-1).mean())
         return out
 
     # ------------------------------------------------------------------ export

@@ -17,6 +17,7 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.viewer.viewer_elements import ViewerSlider
 from torch import Tensor, nn
 
+from headstudio.data.errors import DataError
 from headstudio.data.track import FlameTrack
 from headstudio.flame.model import FlameModel
 
@@ -31,6 +32,13 @@ class SubjectState(nn.Module):
             raise ValueError(
                 f"dataparser metadata lacks {', '.join(missing)}: headstudio methods need a FLAME-tracked "
                 "subject (use the flame-video-data or kinect-data dataparser)"
+            )
+        if metadata.get("flame_tracked") is False:
+            raise DataError(
+                f"{metadata.get('subject_root', 'the subject')}: {metadata.get('layout', 'this')} layout: "
+                f"{metadata.get('flame_missing', 'it has no FLAME track')}; headstudio's methods need FLAME expression "
+                "and pose per frame: track the video with a FLAME tracker (metrical-tracker, then INSTA's transforms.py, or "
+                "IMavatar's preprocessing) and train on that folder"
             )
         table = metadata["frame_table"]
         shape = torch.as_tensor(metadata["shape"], dtype=torch.float32)

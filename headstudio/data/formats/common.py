@@ -23,6 +23,13 @@ from headstudio.data.errors import DataError, Problems
 
 LAYOUTS = ("imavatar", "nerface", "insta", "kinect")
 POSE_DIM = 15
+HALF_PIXEL = 0.5
+"""Added to principal points and landmarks of layouts whose pixel (i, j) is sampled at the integer
+position (i, j) (IMavatar, NerFace, OpenCV-style Kinect calibration), so that the same 3D point lands
+on the same pixel under nerfstudio's convention, which samples pixel (i, j) at (i + 0.5, j + 0.5)."""
+CACHE_DIR = ".headstudio"
+"""Folder inside a subject where headstudio keeps what it derives once (masks, recovered FLAME
+parameters); delete it to recompute."""
 
 
 @dataclass
@@ -39,6 +46,8 @@ class FrameInfo:
     bbox: Optional[np.ndarray] = None  # (4,) x0, y0, x1, y1 pixels
     depth: Optional[Path] = None
     size: tuple[int, int] = (0, 0)  # width, height
+    mesh: Optional[Path] = None  # tracked FLAME mesh (metres, FLAME space) to recover parameters from
+    mask_recipe: Optional[tuple] = None  # how to derive ``mask`` when the layout has no binary mask
 
 
 @dataclass
@@ -51,6 +60,14 @@ class VideoSubject:
     head_folded: bool  # cameras already have the rigid head pose folded in
     depth_to_world: float = 0.0  # depth PNG value -> world units (0: no depth)
     notes: list[str] = field(default_factory=list)
+    flame_tracked: bool = True  # expression and pose are FLAME's (False: NerFace's own tracker)
+    flame_missing: str = ""  # what the layout lacks, for the one-line refusal of FLAME methods
+    recover: Optional[str] = None  # None, "pose" (jaw/eyes/neck + shape) or "pose+expression", from ``mesh``
+    split_rule: str = ""  # how the train / test split was chosen, for hs-check-data
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE_DIR
 
     @property
     def sequences(self) -> list[str]:
@@ -65,7 +82,7 @@ def detect_layout(root: Path) -> str:
     """Guess a subject folder's layout from the files it holds."""
     if not root.is_dir():
         raise DataError(f"{root}: subject folder not found")
-    if (root / "flame_params.json").exists() or any(root.glob("*/flame_params.json")):
+    if (root / "flame_params.json").exists() or any(root.glob("*/flame_params.json")) or any(root.glob("*/*/flame_params.json")):
         return "imavatar"
     split_files = [root / f"transforms_{s}.json" for s in ("train", "val", "test")]
     present = [p for p in split_files if p.exists()]

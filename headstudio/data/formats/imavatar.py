@@ -1,10 +1,25 @@
-"""Reader of the IMavatar layout (Zheng et al. 2022).
+"""Reader of the IMavatar layout (Zheng et al. 2022), as IMavatar's DECA-based preprocessing writes it.
 
 A subject is one or more sequence folders, each with a ``flame_params.json`` (FLAME shape,
-intrinsics, and per frame a world-to-camera ``world_mat``, expression, pose, keypoints and
-bbox), an ``image/`` and a ``mask/`` folder. Training frames are every frame of the
-training sequences; test and val frames are every ``test_every``-th frame of the held-out
-sequences.
+normalised intrinsics, and per frame a world-to-camera ``world_mat``, expression, pose,
+keypoints and bbox), an ``image/`` and a ``mask/`` folder. IMavatar nests them as
+``<subject>/<subject>/<sequence>/``; ``--data`` may name the outer or the inner folder (or a
+single sequence). Training frames are every frame of the training sequences; test and val
+frames are every ``test_every``-th frame of the held-out sequences.
+
+Conventions, as IMavatar's ``preprocess/DECA/optimize.py`` writes them and its
+``real_dataset.py`` / ``rend_util.py`` read them (see :func:`imavatar_camera`):
+
+- ``world_mat`` is ``[R|t]`` world-to-camera with OpenGL axes, in FLAME x 4 (our world units).
+- ``intrinsics`` = ``[-fx/size, fy/size, cx/size, cy/size]`` of the square crop; the "old
+  format" (``cy > 1``) stores pixels of a 512-px image.
+- Pixels are sampled at integer positions (no +0.5): principal point and keypoints move by
+  half a pixel into nerfstudio's convention.
+- ``flame_keypoints``: 68 or 70 points (``landmark_embedding_with_eyes.npy``: 17 contour, 51
+  inner, 2 iris) in [-1, 1], x right, y down. Rows 68-69 (the irises) are kept.
+- ``pose``: 15 axis-angle values, global / neck / jaw / eyes. DECA's head rotation starts
+  in the neck slot, so real data carries head rotation in both global and neck; the neck
+  is kept as an articulation (IMavatar's reason for its "ghost bone").
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ import numpy as np
 
 from headstudio.data.errors import Problems
 from headstudio.data.formats.common import (
+    HALF_PIXEL,
     POSE_DIM,
     FrameInfo,
     VideoSubject,
@@ -26,25 +42,82 @@ from headstudio.data.formats.common import (
     _vector,
 )
 
+RELEASED_TEST_SEQUENCES = {
+    "MVI_1812": "IMavatar's and PointAvatar's subject1 configs (train MVI_1810, MVI_1814; test MVI_1812)",
+    "MVI_1802": "PointAvatar's subject2 (marcel) config (train MVI_1797, MVI_1801; test MVI_1802)",
+}
+"""Test sequences of the released IMavatar / PointAvatar configs, by sequence name."""
 
-def _imavatar_sequences(root: Path) -> list[Path]:
+
+def imavatar_sequences(root: Path) -> tuple[list[Path], str]:
+    """Sequence folders of an IMavatar subject and where they were found.
+
+    Accepts a sequence folder, the inner ``<subject>/<subject>`` folder, or the outer
+    ``<subject>`` folder that holds it.
+    """
     if (root / "flame_params.json").exists():
-        return [root]
-    return sorted(p.parent for p in root.glob("*/flame_params.json"))
+        return [root], "the folder itself is one sequence"
+    inner = sorted(p.parent for p in root.glob("*/flame_params.json"))
+    if inner:
+        return inner, f"sequences in {root}"
+    nested = sorted(p.parent for p in root.glob("*/*/flame_params.json"))
+    holders = sorted({p.parent for p in nested})
+    if len(holders) == 1:
+        return nested, f"sequences in the nested {holders[0]} (IMavatar's <subject>/<subject>/ layout)"
+    return [], ""
+
+
+def default_test_sequences(names: list[str]) -> tuple[set[str], str]:
+    """IMavatar's released test sequence when the names are theirs, else ``test``, else the last."""
+    released = [n for n in names if n in RELEASED_TEST_SEQUENCES]
+    if released and len(names) > 1:
+        return set(released), f"test {', '.join(released)} as in {RELEASED_TEST_SEQUENCES[released[0]]}"
+    if "test" in names:
+        return {"test"}, "test: the sequence named 'test'"
+    if len(names) > 1:
+        return {names[-1]}, f"test {names[-1]}: the last sequence (pass --test-sequences to choose)"
+    return set(), "a single sequence: no test frames (pass a subject with several sequences)"
+
+
+def imavatar_camera(world_mat: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """IMavatar ``world_mat`` (3x4 world-to-camera, OpenGL) and ``intrinsics`` -> our c2w and K.
+
+    Returns the OpenGL camera-to-world (world units: FLAME x 4, as IMavatar's) and
+    ``(fx, fy, cx, cy)`` in pixels of the image as it is on disk, with nerfstudio's pixel
+    centres. IMavatar's fx is stored negative and used with a sign flip in its ray lift, so
+    the camera itself is a plain OpenGL one with focal ``|fx|``.
+    """
+    w, h = size
+    old_format = intrinsics[3] > 1.0  # IMavatar's test: values are pixels of a 512-px image
+    scale = (w / 512.0, h / 512.0) if old_format else (float(w), float(h))
+    K = np.array([
+        abs(intrinsics[0]) * scale[0],
+        intrinsics[1] * scale[1],
+        intrinsics[2] * scale[0] + HALF_PIXEL,
+        intrinsics[3] * scale[1] + HALF_PIXEL,
+    ])  # fmt: skip
+    w2c = np.eye(4)
+    w2c[:3] = world_mat
+    return np.linalg.inv(w2c), K
+
+
+def imavatar_points(normalised: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """IMavatar keypoints / bbox corners in [-1, 1] (``pixel / size * 2 - 1``) -> our pixels."""
+    w, h = size
+    wh = np.tile(np.array([w, h], dtype=np.float64), normalised.shape[-1] // 2)
+    return (normalised + 1.0) * 0.5 * wh + HALF_PIXEL
 
 
 def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...] = (), test_every: int = 10) -> VideoSubject:
-    """IMavatar: one or more sequence folders with ``flame_params.json``, ``image/``, ``mask/``.
-
-    ``world_mat`` is world-to-camera with OpenGL axes; FLAME is already x 4 in that world.
-    Train: every frame of the training sequences. Test (and val): every ``test_every``-th
-    frame of the test sequences (default: a sequence named ``test``, else the last one).
-    """
-    seq_dirs = _imavatar_sequences(root)
+    """IMavatar: sequence folders with ``flame_params.json``, ``image/``, ``mask/``."""
+    seq_dirs, found = imavatar_sequences(root)
     if not seq_dirs:
-        problems.add(root, "no flame_params.json in the folder or its sub-folders")
+        problems.add(root, "no flame_params.json in the folder, its sub-folders or one nested <subject>/<sequence>/ level")
     names = [d.name if d != root else "all" for d in seq_dirs]
-    tests = set(test_sequences) if test_sequences else ({"test"} if "test" in names else ({names[-1]} if len(names) > 1 else set()))
+    if test_sequences:
+        tests, rule = set(test_sequences), f"test {', '.join(test_sequences)} (--test-sequences)"
+    else:
+        tests, rule = default_test_sequences(names)
     # Training sequences first, so frame indices do not depend on the held-out sequences.
     order = sorted(range(len(names)), key=lambda k: names[k] in tests)
     seq_dirs, names = [seq_dirs[k] for k in order], [names[k] for k in order]
@@ -70,32 +143,28 @@ def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...
             wm = _vector(fr, "world_mat", problems, jf, i, shape=(3, 4))
             expr = _vector(fr, "expression", problems, jf, i)
             pose = _vector(fr, "pose", problems, jf, i, length=POSE_DIM)
-            kp = fr.get("flame_keypoints")
             size = _check_image(image, problems, i, "image", jf)
-            mask = seq_dir / "mask" / image.name
+            # IMavatar's reader: the mask path is the image path with 'image' replaced by 'mask'.
+            mask = seq_dir / "mask" / image.relative_to(seq_dir / "image") if image.is_relative_to(seq_dir / "image") else seq_dir / "mask" / image.name
             _check_image(mask, problems, i, "mask", jf)
             if wm is None or expr is None or pose is None or intr is None or size is None:
                 continue
-            w, h = size
-            # Normalised principal point is about 0.5; the old form stores pixels of a 512-px image.
-            scale = (w / 512.0, h / 512.0) if np.abs(intr[2:]).max() > 1.0 else (w, h)
-            K = np.array([-intr[0] * scale[0], intr[1] * scale[1], intr[2] * scale[0], intr[3] * scale[1]])
-            w2c = np.eye(4)
-            w2c[:3] = wm
+            c2w, K = imavatar_camera(wm, intr, size)
             lm = None
-            if kp is not None:
-                kp_arr = _vector(fr, "flame_keypoints", problems, jf, i)
-                if kp_arr is not None and kp_arr.ndim == 2 and kp_arr.shape[1] == 2:
-                    lm = (kp_arr + 1.0) * 0.5 * np.array([w, h])
+            if "flame_keypoints" in fr:
+                kp = _vector(fr, "flame_keypoints", problems, jf, i)
+                if kp is not None:
+                    if kp.ndim != 2 or kp.shape not in ((68, 2), (70, 2)):
+                        problems.add(jf, f"has shape {kp.shape}, expected (68, 2) or (70, 2) (68 + 2 iris)", i, "flame_keypoints")
+                    else:
+                        lm = imavatar_points(kp, size)
             bbox = None
             if "bbox" in fr:
                 b = _vector(fr, "bbox", problems, jf, i, length=4)
                 if b is not None:
-                    bbox = (b + 1.0) * 0.5 * np.array([w, h, w, h])
+                    bbox = imavatar_points(b, size)
             idx = len(frames)
-            frames.append(
-                FrameInfo(image, name, i, np.linalg.inv(w2c), K, expr, pose, mask=mask, landmarks=lm, bbox=bbox, size=size)
-            )
+            frames.append(FrameInfo(image, name, i, c2w, K, expr, pose, mask=mask, landmarks=lm, bbox=bbox, size=size))
             source[idx] = jf
             if name in tests:
                 if i % test_every == 0:
@@ -109,4 +178,6 @@ def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...
     if frames and not splits["train"]:
         problems.add(root, "no training frames: every sequence is a test sequence")
     splits["val"] = list(splits["test"])
-    return VideoSubject(root, "imavatar", frames, splits, shape, head_folded=False)
+    subject = VideoSubject(root, "imavatar", frames, splits, shape, head_folded=False)
+    subject.split_rule = f"{found}; train: the others; {rule}; every {test_every}-th test frame"
+    return subject

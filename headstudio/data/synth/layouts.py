@@ -1,11 +1,18 @@
-"""Writers for the subject folder layouts: IMavatar, NerFace, INSTA and MonoNPHM Kinect.
+"""Writers for the subject folder layouts, in the conventions of the tools that make them:
+IMavatar's preprocessing, NerFace's ``real_to_nerf.py``, INSTA's ``transforms.py`` (from
+metrical-tracker) and MonoNPHM's preprocessing (metrical-tracker checkpoints, PIPNet, facer).
+The readers in :mod:`headstudio.data.formats` document each convention; here they are written.
 
 Every writer receives rendered frames one at a time and writes the per-frame files, then
-the sequence's JSON at the end. Ground truth for measuring (depth, normals, labels, test
-meshes) goes to ``gt/<sequence>/`` with the same file stems in every layout.
+the sequence's files at the end. Ground truth for measuring (depth, normals, labels, test
+meshes, the FLAME parameters) goes to ``gt/<sequence>/`` with the same file stems as the
+layout's images.
 
 World frame: FLAME coordinates x 4 (a head spans about one unit), y up, the face looking
 along +z. The camera is fixed on the +z axis looking at the origin; the head moves.
+Rendered pixel (i, j) is sampled at (i + 0.5, j + 0.5); layouts with integer pixel centres
+(IMavatar, NerFace, MonoNPHM's OpenCV calibration) get principal points and landmarks half a
+pixel lower.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ from headstudio.data.synth.render import Frame, PinholeCamera
 from headstudio.flame.constants import WORLD_SCALE
 
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0])
+GL_FROM_CV4 = np.diag([1.0, -1.0, -1.0, 1.0])
+HALF = 0.5
+"""Our pixel centres are at +0.5; integer-centre layouts store coordinates this much lower."""
+NERFACE_UNITS = 1.0 / 8.0
+"""NerFace units per world unit here: the synthetic camera is 1 m (4 world units) from the head and
+NerFace scales the mean camera depth to 0.5."""
 DEPTH_SCALE = 10000.0
 """GT depth PNGs store camera z in world units x 10000 (uint16)."""
 
@@ -35,9 +48,19 @@ class FrameRecord:
     frame: Frame
     expression: np.ndarray  # (E,)
     pose: np.ndarray  # (15,)
-    landmarks_px: np.ndarray  # (68, 2) pixel coordinates (x right, y down)
+    landmarks_px: np.ndarray  # (68, 2) pixel coordinates (x right, y down; centres at +0.5)
+    iris_px: np.ndarray  # (2, 2) the irises (subject's right eye first), same convention
     head_transform: np.ndarray  # (4, 4) rigid head pose in world units (global joint)
     vertices_world: np.ndarray  # (V, 3)
+
+    def vertices_head_metres(self) -> np.ndarray:
+        """The mesh in FLAME space without the rigid head pose, in metres (metrical-tracker's meshes)."""
+        inv = np.linalg.inv(self.head_transform)
+        return (self.vertices_world @ inv[:3, :3].T + inv[:3, 3]) / WORLD_SCALE
+
+    def head_folded_c2w(self, camera: "PinholeCamera") -> np.ndarray:
+        """OpenGL camera-to-world in the head's frame (world units): the camera carries the head pose."""
+        return np.linalg.inv(self.head_transform) @ _c2w_gl(camera)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -74,13 +97,23 @@ def _rounded(a: np.ndarray, nd: int = 6) -> list:
 
 
 class GroundTruthWriter:
-    """gt/<seq>/{depth,normal,semantic}/<stem>.png and gt/<seq>/mesh/<stem>.ply (test frames)."""
+    """gt/<seq>/{depth,normal,semantic}/<stem>.png, gt/<seq>/mesh/<stem>.ply (test frames) and
+    gt/<seq>/flame.npz (stems, shape, expression, pose of every frame)."""
 
     def __init__(self, root: Path, faces: np.ndarray) -> None:
         self.root = root / "gt"
         self.faces = faces
+        self.params: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+
+    def finish(self, shape: np.ndarray) -> None:
+        for seq, rows in self.params.items():
+            np.savez(
+                self.root / seq / "flame.npz", stem=np.array([r[0] for r in rows]), shape=shape,
+                expression=np.stack([r[1] for r in rows]), pose=np.stack([r[2] for r in rows]),
+            )  # fmt: skip
 
     def write(self, seq: str, stem: str, rec: FrameRecord, mesh: bool) -> None:
+        self.params.setdefault(seq, []).append((stem, np.asarray(rec.expression), np.asarray(rec.pose)))
         f = rec.frame
         base = self.root / seq
         _write_png(base / "depth" / f"{stem}.png", np.round(f.depth.numpy() * DEPTH_SCALE).clip(0, 65535).astype(np.uint16))
@@ -120,51 +153,73 @@ class LayoutWriter(abc.ABC):
     def _write_frame(self, seq: str, stem: str, rec: FrameRecord) -> None:
         """Write the layout's own per-frame files."""
 
-    @abc.abstractmethod
     def finish(self) -> None:
         """Write the per-sequence files once every frame is written."""
+        self._finish()
+        self.gt.finish(self.shape)
+
+    @abc.abstractmethod
+    def _finish(self) -> None:
+        """The layout's own per-sequence files."""
 
 
 class IMavatarWriter(LayoutWriter):
-    """``<seq>/flame_params.json``, ``<seq>/image/<n>.png``, ``<seq>/mask/<n>.png`` (n from 1)."""
+    """``<name>/<seq>/flame_params.json``, ``image/<n>.png``, ``mask/<n>.png`` (n from 1), nested as
+    IMavatar's ``<subject>/<subject>/<sequence>/``; 70 keypoints (68 + 2 iris), integer pixel centres."""
 
     name = "imavatar"
+
+    def __init__(self, *args, subject_name: str = "subject", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.inner = self.root / subject_name
 
     def stem(self, seq: str, index: int) -> str:
         return str(index + 1)
 
     def _write_frame(self, seq: str, stem: str, rec: FrameRecord) -> None:
-        d = self.root / seq
+        d = self.inner / seq
         _write_png(d / "image" / f"{stem}.png", _u8(rec.frame.rgb))
         _write_png(d / "mask" / f"{stem}.png", rec.frame.mask.numpy().astype(np.uint8) * 255)
         cam = self.camera
         w2c_gl = GL_FROM_CV @ np.concatenate([cam.R, cam.t[:, None]], 1)
-        kp = np.stack([2 * rec.landmarks_px[:, 0] / cam.width - 1, 2 * rec.landmarks_px[:, 1] / cam.height - 1], -1)
+        px = np.concatenate([rec.landmarks_px, rec.iris_px]) - HALF  # integer pixel centres
+        size = np.array([cam.width, cam.height], dtype=np.float64)
+        kp = 2 * px / size - 1
+        lo, hi = px[:68].min(0), px[:68].max(0)  # DECA's bbox: of the landmarks
+        bbox = np.concatenate([2 * lo / size - 1, 2 * hi / size - 1])
         self.frames.setdefault(seq, []).append(
             {
                 "file_path": f"./image/{stem}",
                 "world_mat": _rounded(w2c_gl),
                 "expression": _rounded(rec.expression),
                 "pose": _rounded(rec.pose),
-                "bbox": _rounded(_bbox_norm(rec.frame.mask.numpy())),
+                "bbox": _rounded(bbox),
                 "flame_keypoints": _rounded(kp),
             }
         )
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         cam = self.camera
-        intr = [-cam.K[0, 0] / cam.width, cam.K[1, 1] / cam.height, cam.K[0, 2] / cam.width, cam.K[1, 2] / cam.height]
+        intr = [
+            -cam.K[0, 0] / cam.width,
+            cam.K[1, 1] / cam.height,
+            (cam.K[0, 2] - HALF) / cam.width,
+            (cam.K[1, 2] - HALF) / cam.height,
+        ]
         for seq, frames in self.frames.items():
             doc = {"shape_params": _rounded(self.shape), "intrinsics": _rounded(intr), "frames": frames}
-            (self.root / seq / "flame_params.json").write_text(json.dumps(doc))
+            (self.inner / seq / "flame_params.json").write_text(json.dumps(doc))
 
 
 class NerFaceWriter(LayoutWriter):
-    """``transforms_{train,val,test}.json`` with images in ``<split>/f_<n>.png``.
+    """``transforms_{train,val,test}.json`` with images in ``<split>/f_<n>.png`` and the plate
+    ``bg/00050.png``; no masks, no FLAME parameters.
 
-    The rigid head pose is folded into the camera (head static, camera moves), as NerFace
-    does. ``expression`` holds NerFace's 76 values: here the FLAME expression, zero-padded.
-    The FLAME parameters themselves travel in ``flame_expression`` / ``flame_pose``, and
+    As NerFace's ``real_to_nerf.py``: the rigid head pose is folded into the camera, the scene is
+    scaled so the mean camera depth is 0.5 (:data:`NERFACE_UNITS`), fx is stored negative with a
+    rotation matrix (a world mirrored in x), pixels have integer centres, and ``bbox`` is
+    ``[y0, y1, x0, x1]`` fractions. ``expression`` holds 76 values of NerFace's own tracker;
+    here a stand-in: the FLAME expression, zero-padded (the FLAME ground truth is in ``gt/``).
     ``val`` is every 10th test frame.
     """
 
@@ -176,108 +231,114 @@ class NerFaceWriter(LayoutWriter):
 
     def _write_frame(self, seq: str, stem: str, rec: FrameRecord) -> None:
         _write_png(self.root / seq / f"{stem}.png", _u8(rec.frame.rgb))
-        _write_png(self.root / "mask" / seq / f"{stem}.png", rec.frame.mask.numpy().astype(np.uint8) * 255)
-        c2w = np.linalg.inv(rec.head_transform) @ _c2w_gl(self.camera)
+        c2w = rec.head_folded_c2w(self.camera)
+        c2w[:3, 3] *= NERFACE_UNITS
+        mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+        c2w = mirror @ c2w @ mirror  # the same rays with a negative fx, in the mirrored world
         expr = np.zeros(self.EXPR_DIM)
         n = min(self.EXPR_DIM, len(rec.expression))
         expr[:n] = rec.expression[:n]
+        h, w = rec.frame.mask.shape
+        ys, xs = np.nonzero(rec.frame.mask.numpy())
+        bbox = [ys.min() / h, (ys.max() + 1) / h, xs.min() / w, (xs.max() + 1) / w] if len(xs) else [0.0, 1.0, 0.0, 1.0]
         self.frames.setdefault(seq, []).append(
-            {
-                "file_path": f"./{seq}/{stem}",
-                "transform_matrix": _rounded(c2w),
-                "expression": _rounded(expr),
-                "bbox": _rounded(_bbox_norm(rec.frame.mask.numpy())),
-                "flame_expression": _rounded(rec.expression),
-                "flame_pose": _rounded(rec.pose),
-                "flame_keypoints_px": _rounded(rec.landmarks_px, 3),
-            }
+            {"file_path": f"./{seq}/{stem}", "transform_matrix": _rounded(c2w), "expression": _rounded(expr), "bbox": _rounded(bbox)}
         )
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         cam = self.camera
         angle_x = 2 * math.atan(cam.width / (2 * cam.K[0, 0]))
-        intr = [cam.K[0, 0], cam.K[1, 1], cam.K[0, 2] / cam.width, cam.K[1, 2] / cam.height]
+        intr = [-cam.K[0, 0], cam.K[1, 1], (cam.K[0, 2] - HALF) / cam.width, (cam.K[1, 2] - HALF) / cam.height]
         splits = dict(self.frames)
         if "test" in splits:
             splits["val"] = splits["test"][::10]
         for split, frames in splits.items():
-            doc = {"camera_angle_x": angle_x, "intrinsics": _rounded(intr), "shape_params": _rounded(self.shape), "frames": frames}
+            doc = {"camera_angle_x": angle_x, "intrinsics": _rounded(intr), "frames": frames}
             (self.root / f"transforms_{split}.json").write_text(json.dumps(doc))
         bg = np.full((cam.height, cam.width, 3), 255, np.uint8)
         _write_png(self.root / "bg" / "00050.png", bg)
 
 
 class InstaWriter(LayoutWriter):
-    """``transforms{,_train,_val,_test}.json``; ``images/``, ``meshes/``, ``flame/{exp,jaw,eyes,pose}/``,
-    ``depth/``, ``seg_mask/``. Head pose folded into the camera; meshes in the head frame."""
+    """As INSTA's ``transforms.py`` writes metrical-tracker's output: ``transforms{,_train,_val,_test}.json``
+    (OpenCV camera-to-world in FLAME metres, header values as floats, sorted keys), ``images/{id}.png``
+    (RGBA: the matte in alpha), ``meshes/{id}.obj`` (FLAME space, metres), ``flame/exp/{id}.txt``
+    (100 values, one per line: the only parameter written), ``depth/{id}.png`` (mm), ``seg_mask/{id}.png``
+    (3 channels); ``{id}`` 5-digit, 0-based over the whole video. Test: the last ``num_test`` frames;
+    val: the last 20."""
 
     name = "insta"
+    EXPR_DIM = 100
+    VAL_FRAMES = 20
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.counter = 0
         self.faces = self.gt.faces
+        self.all_frames: list[tuple[str, dict]] = []
 
     def stem(self, seq: str, index: int) -> str:
         return f"{self.counter:05d}"
 
     def _write_frame(self, seq: str, stem: str, rec: FrameRecord) -> None:
         r = self.root
-        _write_png(r / "images" / f"{stem}.png", _u8(rec.frame.rgb))
-        _write_png(r / "seg_mask" / f"{stem}.png", rec.frame.label.numpy().astype(np.uint8))
+        rgba = np.concatenate([_u8(rec.frame.rgb), rec.frame.mask.numpy().astype(np.uint8)[..., None] * 255], -1)
+        _write_rgba(r / "images" / f"{stem}.png", rgba)
+        label = rec.frame.label.numpy().astype(np.uint8)
+        _write_png(r / "seg_mask" / f"{stem}.png", np.stack([label] * 3, -1))
         depth_mm = np.round(rec.frame.depth.numpy() / WORLD_SCALE * 1000.0).clip(0, 65535).astype(np.uint16)
         _write_png(r / "depth" / f"{stem}.png", depth_mm)
-        head = np.linalg.inv(rec.head_transform)
-        verts = rec.vertices_world @ head[:3, :3].T + head[:3, 3]
-        _write_obj(r / "meshes" / f"{stem}.obj", verts, self.faces)
-        for key, values in (
-            ("exp", rec.expression),
-            ("jaw", rec.pose[6:9]),
-            ("eyes", rec.pose[9:15]),
-            ("pose", rec.pose),
-        ):
-            p = r / "flame" / key / f"{stem}.txt"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            np.savetxt(p, np.asarray(values)[None], fmt="%.6f")
-        c2w = head @ _c2w_gl(self.camera)
-        self.frames.setdefault(seq, []).append(
-            {
+        _write_obj(r / "meshes" / f"{stem}.obj", rec.vertices_head_metres(), self.faces)
+        expr = np.zeros(self.EXPR_DIM)
+        expr[: len(rec.expression)] = rec.expression
+        p = r / "flame" / "exp" / f"{stem}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(p, expr, fmt="%.8f")
+        c2w_cv = rec.head_folded_c2w(self.camera) @ GL_FROM_CV4
+        c2w_cv[:3, 3] /= WORLD_SCALE
+        self.all_frames.append(
+            (seq, {
                 "file_path": f"images/{stem}.png",
-                "transform_matrix": _rounded(c2w),
+                "transform_matrix": c2w_cv.tolist(),
                 "mesh_path": f"meshes/{stem}.obj",
                 "exp_path": f"flame/exp/{stem}.txt",
                 "depth_path": f"depth/{stem}.png",
                 "seg_mask_path": f"seg_mask/{stem}.png",
-                "flame_pose_path": f"flame/pose/{stem}.txt",
-            }
-        )
+            })
+        )  # fmt: skip
         self.counter += 1
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         cam = self.camera
-        head = {
-            "w": cam.width,
-            "h": cam.height,
-            "fl_x": float(cam.K[0, 0]),
-            "fl_y": float(cam.K[1, 1]),
-            "cx": float(cam.K[0, 2]),
-            "cy": float(cam.K[1, 2]),
-            "camera_angle_x": 2 * math.atan(cam.width / (2 * cam.K[0, 0])),
-            "shape_params": _rounded(self.shape),
+        ax, ay = 2 * math.atan(cam.width / (2 * cam.K[0, 0])), 2 * math.atan(cam.height / (2 * cam.K[1, 1]))
+        header = {
+            "w": cam.width, "h": cam.height, "cx": cam.K[0, 2], "cy": cam.K[1, 2], "fl_x": cam.K[0, 0], "fl_y": cam.K[1, 1],
+            "camera_angle_x": ax, "camera_angle_y": ay, "x_fov": math.degrees(ax), "y_fov": math.degrees(ay),
+            "integer_depth_scale": 1 / 1000,
+        }  # fmt: skip
+        header = {k: float(v) for k, v in header.items()}
+        frames = [f for _, f in self.all_frames]
+        num_test = sum(1 for seq, _ in self.all_frames if seq == "test")
+        splits = {
+            "transforms.json": frames,
+            "transforms_train.json": frames[: len(frames) - num_test],
+            "transforms_test.json": frames[len(frames) - num_test :],
+            "transforms_val.json": frames[-self.VAL_FRAMES :],
         }
-        splits = dict(self.frames)
-        if "test" in splits:
-            splits["val"] = splits["test"][::10]
-        everything = [f for s in ("train", "test") for f in self.frames.get(s, [])]
-        (self.root / "transforms.json").write_text(json.dumps({**head, "frames": everything}))
-        for split, frames in splits.items():
-            (self.root / f"transforms_{split}.json").write_text(json.dumps({**head, "frames": frames}))
-        np.savetxt(self.root / "flame" / "shape.txt", self.shape[None], fmt="%.6f")
+        for name, fr in splits.items():
+            (self.root / name).write_text(json.dumps({**header, "frames": fr}, indent=4, sort_keys=True))
+
+
+def _write_rgba(path: Path, rgba: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgra = np.ascontiguousarray(rgba[..., [2, 1, 0, 3]])
+    if not cv2.imwrite(str(path), bgra, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"{path}: could not write PNG")
 
 
 def _write_obj(path: Path, verts: np.ndarray, faces: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["v %.5f %.5f %.5f" % tuple(v) for v in verts]
+    lines = ["v %.8f %.8f %.8f" % tuple(v) for v in verts]
     lines += ["f %d %d %d" % tuple(f) for f in (faces + 1)]
     path.write_text("\n".join(lines) + "\n")
 
@@ -318,11 +379,16 @@ def ibug68_to_wflw98(lm: np.ndarray) -> np.ndarray:
 
 
 class KinectWriter(LayoutWriter):
-    """MonoNPHM-style Kinect sequence per ``<seq>/``: ``source/<t:05d>.png``, ``seg/<t>.png``
-    (11 = mouth interior), ``matting/<t:05d>.png``, ``depth/<t:05d>.png`` (uint16 mm, with
-    sensor noise and holes), ``pipnet/test.npy`` (T x 98 x 2 pixels), ``cameras/<t:05d>.npz``
-    (OpenCV R, t, K) and ``intrinsics.txt`` ("cx cy fx fy"); the FLAME track in
-    ``flame_params.npz``. The camera is fixed; the head moves (its pose is in the track)."""
+    """MonoNPHM's Kinect sequence per ``<seq>/``: ``source/<t:05d>.png``, ``seg/<t>.png`` (facer
+    classes, 11 = mouth interior), ``matting/<t:05d>.png``, ``depth/<t:05d>.png`` (uint16 mm, with
+    sensor noise and holes), ``pipnet/test.npy`` (T x 98 x 2 WFLW, normalised to [0, 1]),
+    ``bboxes/test.npy``, ``identity.npy`` (300 shape values), ``kinect_intrinsics.txt``
+    (``cx cy fx fy`` + 10 distortion values) and metrical-tracker's output:
+    ``metrical_tracker/<seq>/checkpoint/<k:05d>_cam_params_opencv.npz`` (R 1x3x3, t 1x3, K 1x3x3:
+    OpenCV world-to-camera in FLAME metres, the head pose in the camera) and ``mesh/<k:05d>.ply``.
+
+    MonoNPHM reads checkpoint ``max(t - 1, 0)`` for source frame ``t``: rendered frame ``r`` is
+    written as source frame ``r + 1`` with checkpoint ``r``, and source frame 0 repeats frame 1."""
 
     name = "kinect"
 
@@ -330,10 +396,7 @@ class KinectWriter(LayoutWriter):
         super().__init__(*args, **kwargs)
         self.rng = np.random.default_rng(seed + 4242)
         self.lms: dict[str, list[np.ndarray]] = {}
-        self.track: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-
-    def stem(self, seq: str, index: int) -> str:
-        return f"{index:05d}"
+        self.boxes: dict[str, list[list[float]]] = {}
 
     def noisy_depth_mm(self, frame: Frame) -> np.ndarray:
         """Kinect-like depth: axial noise growing with distance, holes at grazing angles,
@@ -350,28 +413,55 @@ class KinectWriter(LayoutWriter):
         out = np.where(mask & ~drop, np.round(d * 1000.0), 0)
         return out.clip(0, 65535).astype(np.uint16)
 
+    def stem(self, seq: str, index: int) -> str:
+        return f"{index + 1:05d}"
+
+    def _write_source(self, d: Path, t: int, rec: FrameRecord) -> None:
+        _write_png(d / "source" / f"{t:05d}.png", _u8(rec.frame.rgb))
+        _write_png(d / "seg" / f"{t}.png", rec.frame.label.numpy().astype(np.uint8))
+        _write_png(d / "matting" / f"{t:05d}.png", rec.frame.mask.numpy().astype(np.uint8) * 255)
+        _write_png(d / "depth" / f"{t:05d}.png", self.noisy_depth_mm(rec.frame))
+        cam = self.camera
+        size = np.array([cam.width, cam.height], dtype=np.float64)
+        self.lms.setdefault(d.name, []).append((ibug68_to_wflw98(rec.landmarks_px) - HALF) / size)
+        ys, xs = np.nonzero(rec.frame.mask.numpy())
+        box = [xs.min() / size[0], ys.min() / size[1], (xs.max() - xs.min()) / size[0], (ys.max() - ys.min()) / size[1], 1.0]
+        self.boxes.setdefault(d.name, []).append(box if len(xs) else [-1.0, -1.0, -1.0, -1.0, -1.0])
+
     def _write_frame(self, seq: str, stem: str, rec: FrameRecord) -> None:
         d = self.root / seq
-        _write_png(d / "source" / f"{stem}.png", _u8(rec.frame.rgb))
-        _write_png(d / "seg" / f"{rec.index}.png", rec.frame.label.numpy().astype(np.uint8))
-        _write_png(d / "matting" / f"{stem}.png", rec.frame.mask.numpy().astype(np.uint8) * 255)
-        _write_png(d / "depth" / f"{stem}.png", self.noisy_depth_mm(rec.frame))
-        (d / "cameras").mkdir(parents=True, exist_ok=True)
+        if rec.index == 0:
+            self._write_source(d, 0, rec)  # source 0 and 1 share checkpoint 0 in MonoNPHM's reader
+        self._write_source(d, rec.index + 1, rec)
+        tracker = d / "metrical_tracker" / seq
         cam = self.camera
-        np.savez(d / "cameras" / f"{stem}.npz", R=cam.R, t=cam.t / WORLD_SCALE, K=cam.K)  # metres
-        self.lms.setdefault(seq, []).append(ibug68_to_wflw98(rec.landmarks_px))
-        self.track.setdefault(seq, []).append((rec.expression, rec.pose))
+        G = rec.head_transform  # x_world = G x_head (world units)
+        R = cam.R @ G[:3, :3]
+        t = (cam.R @ G[:3, 3] + cam.t) / WORLD_SCALE
+        K = cam.K.copy()
+        K[:2, 2] -= HALF
+        (tracker / "checkpoint").mkdir(parents=True, exist_ok=True)
+        np.savez(tracker / "checkpoint" / f"{rec.index:05d}_cam_params_opencv.npz", R=R[None], t=t[None], K=K[None])
+        from headstudio.export.ply import write_ply
 
-    def finish(self) -> None:
+        (tracker / "mesh").mkdir(parents=True, exist_ok=True)
+        write_ply(tracker / "mesh" / f"{rec.index:05d}.ply", rec.vertices_head_metres(), self.gt.faces)
+
+    def _finish(self) -> None:
         cam = self.camera
         for seq, lms in self.lms.items():
             d = self.root / seq
             (d / "pipnet").mkdir(parents=True, exist_ok=True)
             np.save(d / "pipnet" / "test.npy", np.stack(lms).astype(np.float32))
-            (d / "intrinsics.txt").write_text(f"{cam.K[0, 2]} {cam.K[1, 2]} {cam.K[0, 0]} {cam.K[1, 1]}\n")
-            expr = np.stack([e for e, _ in self.track[seq]])
-            pose = np.stack([p for _, p in self.track[seq]])
-            np.savez(d / "flame_params.npz", expression=expr, pose=pose, shape=self.shape)
+            (d / "bboxes").mkdir(parents=True, exist_ok=True)
+            np.save(d / "bboxes" / "test.npy", np.array(self.boxes[seq], dtype=np.float32))
+            distortion = " ".join(["0"] * 10)
+            (d / "kinect_intrinsics.txt").write_text(
+                f"{cam.K[0, 2] - HALF} {cam.K[1, 2] - HALF} {cam.K[0, 0]} {cam.K[1, 1]} {distortion} \n"
+            )
+            identity = np.zeros(300, np.float32)
+            identity[: len(self.shape)] = self.shape
+            np.save(d / "identity.npy", identity)
 
 
 WRITERS = {w.name: w for w in (IMavatarWriter, NerFaceWriter, InstaWriter)}

@@ -11,13 +11,14 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 
-from headstudio.data.synth.layouts import DEPTH_SCALE, WRITERS, FrameRecord, KinectWriter
+from headstudio.data.synth.layouts import DEPTH_SCALE, WRITERS, FrameRecord, IMavatarWriter, KinectWriter
 from headstudio.data.synth.render import HeadRenderer, PinholeCamera
 from headstudio.data.synth.sequences import test_sequence, training_sequence
 from headstudio.data.synth.texture import FACE_LABELS, LABELS, Look
 from headstudio.data.track import FlameTrack
-from headstudio.flame.constants import MODEL_FILENAME, WORLD_SCALE
-from headstudio.flame.model import FlameModel
+from headstudio.flame.constants import LANDMARK_WITH_EYES_FILENAME, MODEL_FILENAME, WORLD_SCALE
+from headstudio.flame.files import load_landmark_embedding
+from headstudio.flame.model import FlameModel, faces_points
 from headstudio.flame.procedural import build_template, write_procedural_flame
 from headstudio.utils.atomic import atomic_dir
 
@@ -72,8 +73,13 @@ def make_subject(
         faces = template.faces
         if cfg.kinect:
             writer = KinectWriter(tmp, camera, shape, faces, seed=cfg.seed)
+        elif cfg.format == "imavatar":
+            writer = IMavatarWriter(tmp, camera, shape, faces, subject_name=Path(out).name)
         else:
             writer = WRITERS[cfg.format](tmp, camera, shape, faces)
+        iris = load_landmark_embedding(model_path.with_name(LANDMARK_WITH_EYES_FILENAME), num_faces=len(faces))
+        iris_faces = torch.as_tensor(iris.iris_faces)
+        iris_bary = torch.as_tensor(iris.iris_bary, dtype=torch.float32)
         seqs = [
             training_sequence(cfg.num_train, cfg.num_expression, cfg.seed, cfg.fps),
             test_sequence(cfg.num_test, cfg.num_expression, cfg.seed, cfg.fps),
@@ -95,6 +101,7 @@ def make_subject(
                     expression=seq.expression[k],
                     pose=seq.pose[k],
                     landmarks_px=camera.project(track.landmarks[k].double()).numpy(),
+                    iris_px=camera.project(faces_points(verts[None], flame.faces, iris_faces, iris_bary)[0].double()).numpy(),
                     head_transform=track.transforms[k, 0].double().numpy(),
                     vertices_world=verts.numpy(),
                 )
@@ -113,11 +120,13 @@ def make_subject(
             "sequences": {s.name: len(s) for s in seqs},
             "shape_params": shape.tolist(),
             "flame_model": f"flame/{MODEL_FILENAME}",
+            "conventions": "the layout's own, as its original tools write them (see headstudio.data.formats)",
             "ground_truth": {
                 "depth": f"gt/<seq>/depth/<stem>.png: uint16, camera z in world units x {DEPTH_SCALE:g}, 0 = background",
                 "normal": "gt/<seq>/normal/<stem>.png: uint16 RGB, (n + 1) / 2 * 65535, OpenCV camera axes",
                 "semantic": "gt/<seq>/semantic/<stem>.png: uint8 labels (see labels)",
                 "mesh": "gt/test/mesh/<stem>.ply: posed FLAME-format mesh in world units",
+                "flame": "gt/<seq>/flame.npz: stem, shape, expression, pose (15, with the head rotation) of every frame",
             },
             "labels": list(LABELS),
             "face_labels": list(FACE_LABELS),

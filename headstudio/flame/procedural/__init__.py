@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from headstudio.flame.constants import LANDMARK_FILENAME, MASKS_FILENAME
-from headstudio.flame.procedural.annotations import _landmark_embedding, _region_masks
+from headstudio.flame.constants import LANDMARK_FILENAME, LANDMARK_WITH_EYES_FILENAME, MASKS_FILENAME
+from headstudio.flame.procedural.annotations import _landmark_embedding, _region_masks, with_iris
 from headstudio.flame.procedural.bases import (
     EXPRESSION_NAMES,
     NUM_EXPRESSION,
@@ -127,7 +127,8 @@ def make_procedural_flame(seed: int = 0, num_shape: int = NUM_SHAPE, num_express
 
 
 def write_procedural_flame(out_path: os.PathLike | str, seed: int = 0, overwrite: bool = False) -> list[Path]:
-    """Write ``generic_model.pkl``-style model, ``landmark_embedding.npy`` and ``FLAME_masks.pkl``.
+    """Write ``generic_model.pkl``-style model, ``landmark_embedding.npy``, ``FLAME_masks.pkl`` and
+    ``landmark_embedding_with_eyes.npy`` (IMavatar's 70-point embedding: the 68 plus two irises).
 
     The companions are written beside ``out_path`` with their official names. Every file
     is written to a temporary name first, then renamed.
@@ -138,7 +139,12 @@ def write_procedural_flame(out_path: os.PathLike | str, seed: int = 0, overwrite
     from headstudio.utils.atomic import atomic_path
 
     out_path = Path(out_path)
-    targets = [out_path, out_path.with_name(LANDMARK_FILENAME), out_path.with_name(MASKS_FILENAME)]
+    targets = [
+        out_path,
+        out_path.with_name(LANDMARK_FILENAME),
+        out_path.with_name(MASKS_FILENAME),
+        out_path.with_name(LANDMARK_WITH_EYES_FILENAME),
+    ]
     if not overwrite:
         for p in targets:
             if p.exists():
@@ -152,4 +158,7 @@ def write_procedural_flame(out_path: os.PathLike | str, seed: int = 0, overwrite
     with atomic_path(targets[2]) as tmp:
         with open(tmp, "wb") as fh:
             pickle.dump(flame.masks, fh, protocol=2)
+    with atomic_path(targets[3]) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.array(with_iris(flame.landmarks, flame.template), dtype=object), allow_pickle=True)
     return targets

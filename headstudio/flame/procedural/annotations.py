@@ -137,6 +137,24 @@ def _landmark_embedding(t: Template, normals: np.ndarray) -> dict:
     }
 
 
+def with_iris(embedding: dict, t: Template) -> dict:
+    """IMavatar's ``landmark_embedding_with_eyes.npy`` layout: the 68-point embedding plus two iris
+    points (the front of each eyeball, the subject's right eye first, as iBUG orders the eyes),
+    appended to the static points (53) and the full points (70)."""
+    v, faces = t.vertices, t.faces
+    iris_f, iris_b = [], []
+    for part, x in ((EYE_R, -EYE_X), (EYE_L, EYE_X)):
+        f, b = _surface_point(v, faces, t.face_part == part, x, EYE_Y)
+        iris_f.append(f)
+        iris_b.append(b)
+    out = dict(embedding)
+    out["static_lmk_faces_idx"] = np.concatenate([embedding["static_lmk_faces_idx"], iris_f]).astype(np.int64)
+    out["static_lmk_bary_coords"] = np.concatenate([embedding["static_lmk_bary_coords"], iris_b])
+    out["full_lmk_faces_idx"] = np.concatenate([embedding["full_lmk_faces_idx"][0], iris_f]).astype(np.int64)[None]
+    out["full_lmk_bary_coords"] = np.concatenate([embedding["full_lmk_bary_coords"][0], iris_b])[None]
+    return out
+
+
 def _region_masks(t: Template, weights: np.ndarray) -> dict[str, np.ndarray]:
     v, part = t.vertices, t.part
     x, y, z = v[:, 0], v[:, 1], v[:, 2]
