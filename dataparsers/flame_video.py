@@ -17,7 +17,6 @@ model can build its per-subject FLAME track once.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple, Type

@@ -469,3 +469,38 @@ def test_bad_input_in_each_original_layout_is_named(tmp_path, flame_path, flame7
     with pytest.raises(DataError) as err:
         parse(seq, format="kinect", flame_path=flame_path)
     one_line(err, str(cam), "frame 2", "'R'", "batch axis")
+
+
+# ------------------------------------------------------------------------------------------ real files
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def real_file(*parts: str) -> Path:
+    path = REALDATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real files from the original projects live in ../shared/realdata")
+    return path
+
+
+def test_mononphm_kinect_intrinsics_file_parses_to_its_k():
+    from headstudio.data.formats.kinect import read_kinect_intrinsics
+
+    fx, fy, cx, cy = read_kinect_intrinsics(real_file("mononphm_kinect_intrinsics", "kinect_intrinsics.txt"))
+    # MonoNPHM's reader: cx cy fx fy = fields 0..3 of the first line; the 10 distortion values are ignored.
+    assert (fx, fy, cx, cy) == (914.415, 914.03, 539.598, 547.202)
+
+
+def test_metrical_tracker_identity_is_a_300_shape(tmp_path, flame_path, flame70):
+    """MICA's identity.npy, as MonoNPHM and metrical-tracker keep it, is read as the initial FLAME shape."""
+    real = real_file("metrical_tracker_identity", "duda_identity.npy")
+    seq = tmp_path / "510_seq_4"
+    write_mononphm(seq, flame70, n_source=2)
+    (seq / "identity.npy").unlink()
+    (seq / "identity.npy").symlink_to(real)  # read in place, never copied
+    from headstudio.data.errors import Problems
+    from headstudio.data.formats import read_subject
+
+    subject, problems = read_subject(seq, "kinect", Problems())
+    assert not problems.items and subject.shape.shape == (300,)
+    assert np.allclose(subject.shape, np.load(real).astype(np.float64))

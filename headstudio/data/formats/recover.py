@@ -43,7 +43,7 @@ class Recovery:
         how = "read from the cache" if self.cached else "fitted now and cached"
         return (
             f"recovered {self.what} of {self.frames} frames from their tracked meshes ({how}: {self.path}); "
-            f"fit residual {self.residual_mm_mean:.3f} mm mean, {self.residual_mm_max:.3f} mm max (RMS per frame)"
+            f"fit residual {self.residual_mm_mean:.3g} mm mean, {self.residual_mm_max:.3g} mm max (RMS vertex distance per frame)"
         )
 
 
