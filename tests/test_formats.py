@@ -180,6 +180,18 @@ def test_imavatar_pixel_centres_follow_nerfstudio(tmp_path, flame_path, flame70)
         assert np.allclose(d / np.linalg.norm(d), lift / np.linalg.norm(lift), atol=1e-6)
 
 
+def test_imavatar_soft_masks_are_thresholded_as_imavatar_reads_them(tmp_path, flame_path, flame70):
+    subject, _ = write_imavatar(tmp_path, flame70)
+    soft = subject / "subject1" / "MVI_1810" / "mask" / "1.png"
+    grey = cv2.imread(str(soft), cv2.IMREAD_GRAYSCALE)
+    grey[:, :10] = 100  # a soft matte edge: below IMavatar's 127.5
+    grey[:, -10:] = 130
+    cv2.imwrite(str(soft), grey)
+    out = parse(subject, "train", flame_path=flame_path)
+    mask = cv2.imread(str(out.mask_filenames[0]), cv2.IMREAD_UNCHANGED)
+    assert mask.ndim == 2 and not mask[:, :10].any() and mask[:, -10:].all()
+
+
 # ------------------------------------------------------------------------------------------ NerFace
 
 

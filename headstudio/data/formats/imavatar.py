@@ -17,6 +17,7 @@ Conventions, as IMavatar's ``preprocess/DECA/optimize.py`` writes them and its
   half a pixel into nerfstudio's convention.
 - ``flame_keypoints``: 68 or 70 points (``landmark_embedding_with_eyes.npy``: 17 contour, 51
   inner, 2 iris) in [-1, 1], x right, y down. Rows 68-69 (the irises) are kept.
+- ``mask/``: grey levels, foreground above 127.5 (one-channel thresholded copies are derived).
 - ``pose``: 15 axis-angle values, global / neck / jaw / eyes. DECA's head rotation starts
   in the neck slot, so real data carries head rotation in both global and neck; the neck
   is kept as an articulation (IMavatar's reason for its "ghost bone").
@@ -30,6 +31,7 @@ import numpy as np
 
 from headstudio.data.errors import Problems
 from headstudio.data.formats.common import (
+    CACHE_DIR,
     HALF_PIXEL,
     POSE_DIM,
     FrameInfo,
@@ -145,8 +147,9 @@ def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...
             pose = _vector(fr, "pose", problems, jf, i, length=POSE_DIM)
             size = _check_image(image, problems, i, "image", jf)
             # IMavatar's reader: the mask path is the image path with 'image' replaced by 'mask'.
-            mask = seq_dir / "mask" / image.relative_to(seq_dir / "image") if image.is_relative_to(seq_dir / "image") else seq_dir / "mask" / image.name
-            _check_image(mask, problems, i, "mask", jf)
+            given = seq_dir / "mask" / image.relative_to(seq_dir / "image") if image.is_relative_to(seq_dir / "image") else seq_dir / "mask" / image.name
+            _check_image(given, problems, i, "mask", jf)
+            mask = seq_dir / CACHE_DIR / "masks" / given.name  # thresholded at 127.5 as IMavatar's reader does
             if wm is None or expr is None or pose is None or intr is None or size is None:
                 continue
             c2w, K = imavatar_camera(wm, intr, size)
@@ -164,7 +167,12 @@ def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...
                 if b is not None:
                     bbox = imavatar_points(b, size)
             idx = len(frames)
-            frames.append(FrameInfo(image, name, i, c2w, K, expr, pose, mask=mask, landmarks=lm, bbox=bbox, size=size))
+            frames.append(
+                FrameInfo(
+                    image, name, i, c2w, K, expr, pose, mask=mask, landmarks=lm, bbox=bbox, size=size,
+                    mask_recipe=("threshold", given),
+                )  # fmt: skip
+            )
             source[idx] = jf
             if name in tests:
                 if i % test_every == 0:

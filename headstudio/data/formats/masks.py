@@ -13,6 +13,8 @@ Recipes:
   7-px closing, holes filled, largest connected region kept.
 - ``("alpha", image, seg_mask)``: INSTA. Its ``postprocess.py`` writes the matte, thresholded
   at 127.5, as the alpha of the image; without alpha, pixels where ``seg_mask`` is non-zero.
+- ``("threshold", mask)``: IMavatar. Its reader loads the (often soft, MODNet-made) mask as grey
+  levels and keeps values above 127.5; nerfstudio would count every non-zero pixel.
 - ``("facer", seg, matting)``: MonoNPHM's ``prepare_data`` rule: face-parsing classes other
   than background, neck, cloth and necklace (0, 1, 3, 18) and the background class written as
   ``n_classes + 1``, plus the neck, where the MODNet matte exceeds 0.8.
@@ -99,6 +101,11 @@ def _make(recipe: tuple, image: Path) -> np.ndarray:
     if kind == "alpha":
         seg = _read(recipe[2]) if recipe[2] is not None and Path(recipe[2]).exists() else None
         return alpha_mask(_read(image), seg)
+    if kind == "threshold":
+        grey = _read(recipe[1], cv2.IMREAD_GRAYSCALE)
+        if grey.shape != _read(image, cv2.IMREAD_GRAYSCALE).shape:
+            raise ValueError(f"{recipe[1]}: mask is {grey.shape[1]}x{grey.shape[0]} but its image is not")
+        return grey > 127.5
     if kind == "facer":
         return facer_mask(_read(recipe[1]), _read(recipe[2]))
     raise ValueError(f"unknown mask recipe {kind!r}")
