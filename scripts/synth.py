@@ -1,7 +1,8 @@
-"""hs-synth: headstudio's procedural FLAME-format model and synthetic subjects.
+"""hs-synth: headstudio's procedural FLAME-format model, synthetic subjects and scan sets.
 
     hs-synth flame-model OUT.pkl        # a FLAME-format model (+ landmark embedding, masks)
     hs-synth subject OUT                # a subject rendered from it, with ground truth
+    hs-synth scans OUT --identities N --expressions M   # scans for a parametric head prior
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tyro
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from headstudio.data.scans import ScanSetConfig, make_scans
 from headstudio.data.synth.subject import SubjectConfig, make_subject
 from headstudio.flame.procedural import write_procedural_flame
 
@@ -67,9 +69,37 @@ class SubjectCommand:
         )
 
 
+@dataclass
+class ScansCommand:
+    """Synthesise registered head scans (surface, near-surface and correspondence samples,
+    registrations, FLAME ground truth) for training a MonoNPHM-style head prior into OUT."""
+
+    out: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUT")]
+    """Output folder; must not exist yet."""
+    config: Annotated[ScanSetConfig, tyro.conf.arg(name="")] = field(default_factory=ScanSetConfig)
+
+    def main(self) -> None:
+        cfg = self.config
+        with Progress(
+            TextColumn("[bold]scanning {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(str(self.out), total=cfg.identities * cfg.expressions)
+            stats = make_scans(self.out, cfg, progress=lambda done, total: bar.update(task, completed=done))
+        console.print(
+            f"wrote {self.out}: {stats['scans']} scans ({cfg.identities} identities x {cfg.expressions} expressions), "
+            f"{stats['bytes'] / 2**20:.1f} MiB, in {stats['total_s']:.1f} s ({stats['per_scan_s']:.2f} s per scan)"
+        )
+
+
 Commands = (
     Annotated[FlameModelCommand, tyro.conf.subcommand("flame-model")]
     | Annotated[SubjectCommand, tyro.conf.subcommand("subject")]
+    | Annotated[ScansCommand, tyro.conf.subcommand("scans")]
 )
 
 

@@ -85,26 +85,30 @@ class LocalMLPs(nn.Module):
         return self.weights[0].shape[0]
 
     def forward(self, x: Float[Tensor, "R D"], which: Int[Tensor, "R"]) -> tuple[Float[Tensor, "R O"], Float[Tensor, "R H"]]:
-        """Outputs and the last hidden layer (before its activation) of MLP ``which[r]`` on row ``r``."""
-        out = x.new_empty(x.shape[0], self.weights[-1].shape[-1])
-        last = x.new_empty(x.shape[0], self.weights[-2].shape[-1])
+        """Outputs and the last hidden layer (before its activation) of MLP ``which[r]`` on row ``r``.
+
+        Rows are sorted by MLP once, each MLP runs on its contiguous slice, and the result is
+        put back in the original order: one gather and one scatter however many MLPs there are.
+        """
         order = torch.argsort(which)
         counts = torch.bincount(which, minlength=self.count).tolist()
-        start = 0
+        xs = x[order]
+        outs, lasts, start = [], [], 0
         for m, n in enumerate(counts):
             if n == 0:
                 continue
-            rows = order[start : start + n]
+            h = xs[start : start + n]
             start += n
-            h = x[rows]
             for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-                h = h @ w[m] + b[m]
+                h = torch.addmm(b[m], h, w[m])
                 if layer == len(self.weights) - 2:
-                    last[rows] = h
+                    lasts.append(h)
                 if layer < len(self.weights) - 1:
                     h = self.activation(h)
-            out[rows] = h
-        return out, last
+            outs.append(h)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(outs)[inverse], torch.cat(lasts)[inverse]
 
 
 class AnchorPredictor(nn.Module):

@@ -1,0 +1,1 @@
+"""MonoNPHM's neural parametric head prior: model, losses, training (``hs-prior``)."""

@@ -1,0 +1,107 @@
+"""Looking at a trained prior: posed meshes by marching cubes, and codes fitted to a held-out scan.
+
+Fitting follows the auto-decoder's test time (Park et al. 2019, as NPHM and MonoNPHM do): the
+networks are frozen and only a new identity's geometry and appearance codes and the scan's
+expression code are optimised, with the training losses on the scan's samples (no anchor or
+correspondence supervision, which a new scan would not have). The result is judged by the
+surface metrics of :mod:`headstudio.metrics.surface` between the marched mesh and the scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from headstudio.export.density_mesh import density_grid, mesh_from_grid
+from headstudio.metrics.surface import SurfaceDistance, surface_distance
+from headstudio.ops.mesh import sample_surface
+from headstudio.prior.losses import LossWeights, prior_losses
+from headstudio.prior.model import NPHMPrior
+
+DEFAULT_BOX = ((-0.6, -0.95, -0.65), (0.6, 0.75, 0.7))
+"""World-unit box around a head with its neck (the synthetic scan sets' box)."""
+
+
+def posed_mesh(
+    model: NPHMPrior,
+    codes: dict[str, Tensor],
+    resolution: int = 128,
+    box: tuple = DEFAULT_BOX,
+    progress: Optional[Callable[[int], None]] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices and faces of the posed zero level set (world units)."""
+    aabb = torch.tensor(box, dtype=torch.float32)
+    one = {k: v[:1] for k, v in codes.items()}
+
+    def sdf(points: Tensor) -> Tensor:
+        with torch.no_grad():
+            return -model.posed(points[None], one, colour=False)["sdf"][0]  # inside positive for the mesher
+
+    values = density_grid(sdf, aabb, resolution, chunk=1 << 14, progress=progress)
+    return mesh_from_grid(values, aabb, 0.0)
+
+
+@dataclass
+class FitResult:
+    codes: dict[str, Tensor]
+    distance: SurfaceDistance
+    losses: dict[str, float]
+
+
+def fit_scan(
+    model: NPHMPrior,
+    scan: dict[str, np.ndarray],
+    steps: int = 300,
+    lr: float = 5e-3,
+    points: int = 2000,
+    resolution: int = 128,
+    box: tuple = DEFAULT_BOX,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> FitResult:
+    """Fit identity, appearance and expression codes to one scan with frozen networks; measure the mesh."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    dim, e_dim = model.field.code_dim, model.sizes.deformation.expression_code
+    codes = {k: torch.zeros(1, d, requires_grad=True) for k, d in (("geo", dim), ("app", dim), ("exp", e_dim))}
+    opt = torch.optim.Adam(codes.values(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    arrays = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in scan.items() if v.ndim == 2 and v.shape[1] == 3}
+    weights = LossWeights(anchors=0.0, correspondence=0.0)
+
+    class Fixed:  # the model's interface for prior_losses, with the codes under optimisation
+        field, deformation = model.field, model.deformation
+
+        @staticmethod
+        def codes(identity, scan_index):
+            return codes
+
+        posed = staticmethod(lambda x, c, colour=True: model.posed(x, c, colour))
+
+    last = {}
+    for step in range(steps):
+        batch = {"identity": None, "scan": None, "anchors": model.field.anchors(codes["geo"][:, : model.sizes.ensemble.global_code])}
+        for prefix, n in (("surface", points), ("near", points // 2)):
+            keys = [k for k in arrays if k.startswith(prefix)]
+            rows = torch.randint(0, arrays[keys[0]].shape[1], (n,), generator=gen)
+            batch.update({k: arrays[k][:, rows] for k in keys})
+        losses = prior_losses(Fixed, batch, weights, with_correspondences=False)  # type: ignore[arg-type]
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        last = {k: float(v.detach()) for k, v in losses.items()}
+        if progress is not None:
+            progress(step + 1, steps)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    fitted = {k: v.detach() for k, v in codes.items()}
+    verts, faces = posed_mesh(model, fitted, resolution, box)
+    n = len(scan["surface_points"])
+    _, _, pts, nrm = sample_surface(torch.as_tensor(verts, dtype=torch.float64), torch.as_tensor(faces.astype(np.int64)), n, gen)
+    dist = surface_distance(pts.numpy(), nrm.numpy(), scan["surface_points"], scan["surface_normals"], threshold=0.01)
+    return FitResult(fitted, dist, last)
