@@ -22,19 +22,20 @@ import numpy as np
 import torch
 import tyro
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress, TextColumn
 
 from headstudio.data.errors import DataError
 from headstudio.prior.training import PriorTrainConfig
+from headstudio.utils.progress import progress_bar
 
 console = Console(stderr=True)
 
 
 def _bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=console, transient=True,
-    )  # fmt: skip
+    """headstudio's progress bar with a loss column."""
+    bar = progress_bar()
+    bar.columns = (*bar.columns, TextColumn("{task.fields[info]}"))
+    return bar
 
 
 @dataclass

@@ -14,11 +14,11 @@ from typing import Annotated
 
 import tyro
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from headstudio.data.scans import ScanSetConfig, make_scans
 from headstudio.data.synth.subject import SubjectConfig, make_subject
 from headstudio.flame.procedural import write_procedural_flame
+from headstudio.utils.progress import progress_bar
 
 console = Console(stderr=True)
 
@@ -53,15 +53,8 @@ class SubjectCommand:
             raise ValueError(f"--size {cfg.size} is too small: use at least 16 pixels")
         if cfg.num_train < 1 or cfg.num_test < 1:
             raise ValueError("--num-train and --num-test must be at least 1")
-        with Progress(
-            TextColumn("[bold]rendering {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(str(self.out), total=cfg.num_train + cfg.num_test)
+        with progress_bar() as bar:
+            task = bar.add_task(f"rendering {self.out}", total=cfg.num_train + cfg.num_test)
             stats = make_subject(self.out, cfg, progress=lambda done, total: bar.update(task, completed=done))
         console.print(
             f"wrote {self.out}: {stats['frames']} frames at {cfg.size} px in {stats['total_s']:.1f} s "
@@ -80,15 +73,8 @@ class ScansCommand:
 
     def main(self) -> None:
         cfg = self.config
-        with Progress(
-            TextColumn("[bold]scanning {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(str(self.out), total=cfg.identities * cfg.expressions)
+        with progress_bar() as bar:
+            task = bar.add_task(f"scanning {self.out}", total=cfg.identities * cfg.expressions)
             stats = make_scans(self.out, cfg, progress=lambda done, total: bar.update(task, completed=done))
         console.print(
             f"wrote {self.out}: {stats['scans']} scans ({cfg.identities} identities x {cfg.expressions} expressions), "

@@ -84,8 +84,11 @@ class LocalMLPs(nn.Module):
     def count(self) -> int:
         return self.weights[0].shape[0]
 
-    def forward(self, x: Float[Tensor, "R D"], which: Int[Tensor, "R"]) -> tuple[Float[Tensor, "R O"], Float[Tensor, "R H"]]:
-        """Outputs and the last hidden layer (before its activation) of MLP ``which[r]`` on row ``r``.
+    def forward(
+        self, x: Float[Tensor, "R D"], which: Int[Tensor, "R"], keep_hidden: bool = True
+    ) -> tuple[Float[Tensor, "R O"], Float[Tensor, "R H"] | None]:
+        """Outputs and (with ``keep_hidden``) the last hidden layer, before its activation, of MLP
+        ``which[r]`` on row ``r``.
 
         Rows are sorted by MLP once, each MLP runs on its contiguous slice, and the result is
         put back in the original order: one gather and one scatter however many MLPs there are.
@@ -101,14 +104,14 @@ class LocalMLPs(nn.Module):
             start += n
             for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
                 h = torch.addmm(b[m], h, w[m])
-                if layer == len(self.weights) - 2:
+                if keep_hidden and layer == len(self.weights) - 2:
                     lasts.append(h)
                 if layer < len(self.weights) - 1:
                     h = self.activation(h)
             outs.append(h)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(outs)[inverse], torch.cat(lasts)[inverse]
+        return torch.cat(outs)[inverse], torch.cat(lasts)[inverse] if keep_hidden else None
 
 
 class AnchorPredictor(nn.Module):
@@ -161,7 +164,8 @@ class LocalEnsembleField(nn.Module):
         s = self.sizes
         idx, dist = nearest_anchors(x, anchors, s.neighbours)
         sigma = s.sigma_fraction * dist.max(dim=-1, keepdim=True).values.clamp_min(1e-9)
-        centres = torch.gather(anchors[:, None].expand(-1, x.shape[1], -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
+        batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+        centres = anchors[batch, idx]  # advanced indexing: its backward accumulates into (B, A, 3), not (B, N, A, 3)
         delta = x[:, :, None] - centres
         delta = torch.where(self.mirrored[idx][..., None], delta * delta.new_tensor([-1.0, 1.0, 1.0]), delta)
         if s.global_mlp:
@@ -180,25 +184,25 @@ class LocalEnsembleField(nn.Module):
         z_app: Float[Tensor, "B C"] | None = None,
     ) -> dict[str, Tensor]:
         """``sdf`` (B, N), ``anchors`` (B, A, 3) and, given ``z_app``, ``rgb`` (B, N, 3)."""
-        s = self.sizes
         B, N, _ = x.shape
         g_geo, l_geo = self.split_code(z_geo)
         anchors = self.anchors(g_geo)
         idx, weights, delta = self.neighbourhood(x, anchors)
         K = idx.shape[-1]
         which = torch.where(idx == self.num_anchors, self.global_index, self.mlp_of_anchor[idx.clamp_max(self.num_anchors - 1)])
-        local = torch.gather(l_geo[:, None].expand(-1, N, -1, -1), 2, idx[..., None].expand(-1, -1, -1, s.local_code))
+        batch = torch.arange(B, device=x.device)[:, None, None]
+        local = l_geo[batch, idx]
         rows = torch.cat(
             [g_geo[:, None, None].expand(-1, N, K, -1), local, delta, omega[:, :, None].expand(-1, -1, K, -1)], -1
         )
-        sdf, hidden = self.geometry(rows.reshape(B * N * K, -1), which.reshape(-1))
+        sdf, hidden = self.geometry(rows.reshape(B * N * K, -1), which.reshape(-1), keep_hidden=z_app is not None)
         out = {"sdf": (sdf.view(B, N, K) * weights).sum(-1), "anchors": anchors, "weights": weights, "neighbours": idx}
         if z_app is not None:
             g_app, l_app = self.split_code(z_app)
-            local_app = torch.gather(l_app[:, None].expand(-1, N, -1, -1), 2, idx[..., None].expand(-1, -1, -1, s.local_code))
+            local_app = l_app[batch, idx]
             feats = self.features(hidden).view(B, N, K, -1)
             rows = torch.cat([g_app[:, None, None].expand(-1, N, K, -1), local_app, feats], -1)
-            rgb, _ = self.appearance(rows.reshape(B * N * K, -1), which.reshape(-1))
+            rgb, _ = self.appearance(rows.reshape(B * N * K, -1), which.reshape(-1), keep_hidden=False)
             out["rgb"] = (rgb.view(B, N, K, 3) * weights[..., None]).sum(-2)
         return out
 
