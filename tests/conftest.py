@@ -25,6 +25,10 @@ BIN = Path(sys.executable).parent
 
 TINY = dict(size=64, num_train=4, num_test=4)
 
+REALDATA = Path(os.environ.get("HEADSTUDIO_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
+"""Real files from the original projects (``../shared/realdata`` beside the checkout, or $HEADSTUDIO_REALDATA):
+read in place, never copied into the project; the tests that need them skip when they are absent."""
+
 COMMON = [
     "--machine.device-type", "cpu", "--vis", "tensorboard", "--steps-per-save", "1000",
     "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000",

@@ -25,8 +25,8 @@ from headstudio.flame.files import (
 from headstudio.flame.lbs import axis_angle_to_matrix
 from headstudio.flame.model import FlameModel, dynamic_contour_bins, faces_points
 from headstudio.flame.safe_pickle import safe_load_npy_dict
+from tests.conftest import REALDATA
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 DECA = REALDATA / "deca_landmark_embedding" / "landmark_embedding.npy"
 IMAVATAR = REALDATA / "imavatar_landmark_embedding_with_eyes" / "landmark_embedding_with_eyes.npy"
 INSTA = REALDATA / "insta_flame_masks"

@@ -26,6 +26,7 @@ from headstudio.dataparsers.flame_video import FlameVideoDataParserConfig
 from headstudio.export.ply import write_ply
 from headstudio.flame.constants import LANDMARK_WITH_EYES_FILENAME
 from headstudio.flame.model import FlameModel
+from tests.conftest import REALDATA
 
 def axis_angle_to_matrix_np(v) -> np.ndarray:
     return Rotation.from_rotvec(np.asarray(v, dtype=np.float64)).as_matrix()
@@ -485,7 +486,6 @@ def test_bad_input_in_each_original_layout_is_named(tmp_path, flame_path, flame7
 
 # ------------------------------------------------------------------------------------------ real files
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 
 def real_file(*parts: str) -> Path:
