@@ -90,23 +90,25 @@ class LocalMLPs(nn.Module):
         """Outputs and (with ``keep_hidden``) the last hidden layer, before its activation, of MLP
         ``which[r]`` on row ``r``.
 
-        Rows are sorted by MLP once, each MLP runs on its contiguous slice, and the result is
+        Rows are sorted by MLP once, each MLP runs on its contiguous block, and the result is
         put back in the original order: one gather and one scatter however many MLPs there are.
         """
         order = torch.argsort(which)
         counts = torch.bincount(which, minlength=self.count).tolist()
         xs = x[order]
-        outs, lasts, start = [], [], 0
-        for m, n in enumerate(counts):
-            if n == 0:
+        # One unbind per layer: slicing the stacked parameters per MLP would make every slice's
+        # backward allocate a gradient the size of all MLPs' weights.
+        weights = [w.unbind(0) for w in self.weights]
+        biases = [b.unbind(0) for b in self.biases]
+        outs, lasts = [], []
+        for m, h in enumerate(xs.split(counts)):  # split, not slices: one gradient buffer, not one per MLP
+            if h.shape[0] == 0:
                 continue
-            h = xs[start : start + n]
-            start += n
-            for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-                h = torch.addmm(b[m], h, w[m])
-                if keep_hidden and layer == len(self.weights) - 2:
+            for layer in range(len(weights)):
+                h = torch.addmm(biases[layer][m], h, weights[layer][m])
+                if keep_hidden and layer == len(weights) - 2:
                     lasts.append(h)
-                if layer < len(self.weights) - 1:
+                if layer < len(weights) - 1:
                     h = self.activation(h)
             outs.append(h)
         inverse = torch.empty_like(order)
