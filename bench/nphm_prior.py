@@ -72,6 +72,7 @@ def query_cost(neighbours: int, points: int, repeats: int) -> dict:
 
 def reconstruction(args) -> list[list[str]]:
     from headstudio.data.scans import open_scan_set
+    from headstudio.flame.constants import WORLD_SCALE
     from headstudio.prior.inspect import fit_scan
     from headstudio.prior.training import load_checkpoint
 
@@ -90,7 +91,7 @@ def reconstruction(args) -> list[list[str]]:
             res = fit_scan(model, scan, steps=args.fit_steps, resolution=args.resolution)
             secs.append(time.perf_counter() - t)
             d = res.distance
-            ch.append(d.chamfer_l1 / 4 * 1000)
+            ch.append(d.chamfer_l1 / WORLD_SCALE * 1000)
             nc.append(d.normal_consistency)
             fs.append(d.fscore)
             print(f"[bench] {name}: {e.file}: chamfer {ch[-1]:.2f} mm, NC {nc[-1]:.4f}, F {fs[-1]:.3f} ({secs[-1]:.0f} s)", flush=True)

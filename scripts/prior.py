@@ -139,6 +139,7 @@ class Fit:
     def main(self) -> None:
         from headstudio.data.scans import load_scan
         from headstudio.export.ply import write_ply
+        from headstudio.flame.constants import WORLD_SCALE
         from headstudio.prior.inspect import fit_scan, posed_mesh
         from headstudio.prior.training import load_checkpoint
 
@@ -148,7 +149,7 @@ class Fit:
             task = bar.add_task("fitting codes", total=self.steps, info="")
             res = fit_scan(model, scan, self.steps, resolution=self.resolution, progress=lambda s, n: bar.update(task, completed=s))
         d = res.distance
-        print(f"{self.scan}: L1-Chamfer {d.chamfer_l1 / 4 * 1000:.2f} mm (FLAME metres), normal consistency "
+        print(f"{self.scan}: L1-Chamfer {d.chamfer_l1 / WORLD_SCALE * 1000:.2f} mm (FLAME metres), normal consistency "
               f"{d.normal_consistency:.4f}, F-score@2.5mm {d.fscore:.3f}")  # fmt: skip
         if self.output is not None:
             write_ply(self.output, *posed_mesh(model, res.codes, self.resolution))

@@ -31,16 +31,19 @@ def nearest_anchors(
     return idx, dist
 
 
+def neighbourhood_scale(dist: Float[Tensor, "B N k"], sigma_fraction: float = SIGMA_FRACTION) -> Float[Tensor, "B N 1"]:
+    """sigma(x) of eq. 15: ``sigma_fraction`` times the farthest of the query's neighbours."""
+    return sigma_fraction * dist.max(dim=-1, keepdim=True).values.clamp_min(1e-9)
+
+
 def blend_weights(
-    dist: Float[Tensor, "B N k"], sigma_fraction: float = SIGMA_FRACTION, fixed_sigma: float | None = None
-) -> Float[Tensor, "B N k"]:
-    """Normalised weights of eq. 14 with the neighbourhood scale of eq. 15 (or a ``fixed_sigma``, NPHM's)."""
-    if fixed_sigma is None:
-        sigma = sigma_fraction * dist.max(dim=-1, keepdim=True).values.clamp_min(1e-9)
-    else:
-        sigma = torch.full_like(dist[..., :1], fixed_sigma)
-    logits = -dist / (2 * sigma)
-    return torch.softmax(logits, dim=-1)  # exp(.) normalised, computed stably
+    dist: Float[Tensor, "B N K"], sigma: Float[Tensor, "B N 1"] | float | None = None
+) -> Float[Tensor, "B N K"]:
+    """Normalised weights of eq. 14, ``exp(-d / 2 sigma)``; by default with eq. 15's scale of these distances
+    (a float: NPHM's fixed scale)."""
+    if sigma is None:
+        sigma = neighbourhood_scale(dist)
+    return torch.softmax(-dist / (2 * sigma), dim=-1)  # exp(.) normalised, computed stably
 
 
 def dense_weights(idx: Int[Tensor, "B N k"], weights: Float[Tensor, "B N k"], num_anchors: int) -> Float[Tensor, "B N A"]:

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from headstudio.fields.anchor_blend import NUM_NEIGHBOURS, SIGMA_FRACTION, nearest_anchors
+from headstudio.fields.anchor_blend import NUM_NEIGHBOURS, SIGMA_FRACTION, blend_weights, nearest_anchors, neighbourhood_scale
 from headstudio.fields.nphm_anchors import AnchorLayout
 
 
@@ -165,7 +165,7 @@ class LocalEnsembleField(nn.Module):
         """Neighbour anchors (the global MLP last), blend weights and the local coordinates."""
         s = self.sizes
         idx, dist = nearest_anchors(x, anchors, s.neighbours)
-        sigma = s.sigma_fraction * dist.max(dim=-1, keepdim=True).values.clamp_min(1e-9)
+        sigma = neighbourhood_scale(dist, s.sigma_fraction)  # from the anchors only, not the global MLP
         batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
         centres = anchors[batch, idx]  # advanced indexing: its backward accumulates into (B, A, 3), not (B, N, A, 3)
         delta = x[:, :, None] - centres
@@ -175,7 +175,7 @@ class LocalEnsembleField(nn.Module):
             idx = torch.cat([idx, g], -1)
             dist = torch.cat([dist, torch.full_like(dist[..., :1], s.global_distance)], -1)
             delta = torch.cat([delta, x[:, :, None]], 2)  # the global MLP is centred at the origin
-        weights = torch.softmax(-dist / (2 * sigma), dim=-1)  # eq. 14 normalised, with eq. 15's sigma
+        weights = blend_weights(dist, sigma)
         return idx, weights, delta
 
     def forward(

@@ -64,41 +64,34 @@ def fit_scan(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> FitResult:
     """Fit identity, appearance and expression codes to one scan with frozen networks; measure the mesh."""
-    for p in model.parameters():
-        p.requires_grad_(False)
     dim, e_dim = model.field.code_dim, model.sizes.deformation.expression_code
     codes = {k: torch.zeros(1, d, requires_grad=True) for k, d in (("geo", dim), ("app", dim), ("exp", e_dim))}
     opt = torch.optim.Adam(codes.values(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     arrays = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in scan.items() if v.ndim == 2 and v.shape[1] == 3}
-    weights = LossWeights(anchors=0.0, correspondence=0.0)
-
-    class Fixed:  # the model's interface for prior_losses, with the codes under optimisation
-        field, deformation = model.field, model.deformation
-
-        @staticmethod
-        def codes(identity, scan_index):
-            return codes
-
-        posed = staticmethod(lambda x, c, colour=True: model.posed(x, c, colour))
-
+    weights = LossWeights(anchors=0.0, correspondence=0.0)  # a new scan has neither
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     last = {}
-    for step in range(steps):
-        batch = {"identity": None, "scan": None, "anchors": model.field.anchors(codes["geo"][:, : model.sizes.ensemble.global_code])}
-        for prefix, n in (("surface", points), ("near", points // 2)):
-            keys = [k for k in arrays if k.startswith(prefix)]
-            rows = torch.randint(0, arrays[keys[0]].shape[1], (n,), generator=gen)
-            batch.update({k: arrays[k][:, rows] for k in keys})
-        losses = prior_losses(Fixed, batch, weights, with_correspondences=False)  # type: ignore[arg-type]
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        last = {k: float(v.detach()) for k, v in losses.items()}
-        if progress is not None:
-            progress(step + 1, steps)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    try:
+        for step in range(steps):
+            batch = {"anchors": torch.zeros(1, model.field.num_anchors, 3)}  # unused: the anchor weight is 0
+            for prefix, n in (("surface", points), ("near", points // 2)):
+                keys = [k for k in arrays if k.startswith(prefix)]
+                rows = torch.randint(0, arrays[keys[0]].shape[1], (n,), generator=gen)
+                batch.update({k: arrays[k][:, rows] for k in keys})
+            losses = prior_losses(model, batch, weights, with_correspondences=False, codes=codes)
+            total = sum(losses.values())
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            last = {k: float(v.detach()) for k, v in losses.items()}
+            if progress is not None:
+                progress(step + 1, steps)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     fitted = {k: v.detach() for k, v in codes.items()}
     verts, faces = posed_mesh(model, fitted, resolution, box)
     n = len(scan["surface_points"])

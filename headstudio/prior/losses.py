@@ -44,10 +44,17 @@ class LossWeights:
 
 
 def prior_losses(
-    model: NPHMPrior, batch: dict[str, Tensor], weights: LossWeights, with_correspondences: bool
+    model: NPHMPrior,
+    batch: dict[str, Tensor],
+    weights: LossWeights,
+    with_correspondences: bool,
+    codes: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Every term of supp. B.3.2 for a batch of scans (tensors ``B x N x 3``; ``identity``, ``scan``: ``B``)."""
-    codes = model.codes(batch["identity"], batch["scan"])
+    """Every term of supp. B.3.2 for a batch of scans (tensors ``B x N x 3``; ``identity``, ``scan``: ``B``).
+
+    ``codes`` replaces the model's trained codes of the batch (fitting a new scan)."""
+    if codes is None:
+        codes = model.codes(batch["identity"], batch["scan"])
     surf = batch["surface_points"].requires_grad_(True)
     near = batch["near_points"].requires_grad_(True)
     n_s = surf.shape[1]

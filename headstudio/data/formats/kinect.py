@@ -52,12 +52,12 @@ def checkpoint_index(t: int) -> int:
 def read_kinect_intrinsics(path: Path) -> np.ndarray:
     """``cx cy fx fy ...`` (MonoNPHM's ``assets/kinect_intrinsics.txt``) -> (fx, fy, cx, cy), OpenCV pixels."""
     fields = path.read_text().split()
+    if len(fields) < 4:
+        raise ValueError(f"{path}: expected at least 4 numbers 'cx cy fx fy', got {len(fields)}")
     try:
         cx, cy, fx, fy = (float(v) for v in fields[:4])
     except ValueError:
         raise ValueError(f"{path}: expected 'cx cy fx fy ...' numbers on the first line, got {' '.join(fields[:4])!r}") from None
-    if len(fields) < 4:
-        raise ValueError(f"{path}: expected at least 4 numbers 'cx cy fx fy', got {len(fields)}")
     return np.array([fx, fy, cx, cy])
 
 
