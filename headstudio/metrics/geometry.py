@@ -1,7 +1,9 @@
 """Geometry metrics of the papers: normal angle error in the face region and keypoint error.
 
 Ground-truth normal maps exist for synthetic subjects (``hs-synth``): ``gt/<sequence>/normal/
-<stem>.png``, 16-bit, ``(n + 1) / 2`` in OpenCV camera coordinates, 0 on the background.
+<stem>.png``, 16-bit, ``(n + 1) / 2`` in OpenCV camera coordinates, 0 on the background; test
+frames also have ``gt/<sequence>/mesh/<stem>.ply`` (:func:`gt_mesh_path`; measured against a
+reconstruction by :func:`headstudio.metrics.depth_geometry.mesh_geometry`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from torch import Tensor
 OPENCV_FROM_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
 
 
-def gt_normal_path(image: Path) -> Optional[Path]:
-    """``gt/<sequence>/normal/<stem>.png`` of a subject's image, if the subject has one.
+def gt_file(image: Path, kind: str, suffix: str = ".png") -> Optional[Path]:
+    """``gt/<sequence>/<kind>/<stem><suffix>`` of a subject's image, if the subject has one.
 
     The sequence is the folder on the image's path below the subject that ``gt/`` has
     (``<seq>/image/`` in IMavatar's nested layout, ``<split>/`` in NerFace's, ...).
@@ -28,11 +30,21 @@ def gt_normal_path(image: Path) -> Optional[Path]:
     for root in image.parents:
         if (root / "gt").is_dir():
             for part in image.relative_to(root).parts[:-1]:
-                candidate = root / "gt" / part / "normal" / f"{image.stem}.png"
+                candidate = root / "gt" / part / kind / f"{image.stem}{suffix}"
                 if candidate.exists():
                     return candidate
             return None
     return None
+
+
+def gt_normal_path(image: Path) -> Optional[Path]:
+    """``gt/<sequence>/normal/<stem>.png`` of a subject's image, if the subject has one."""
+    return gt_file(image, "normal")
+
+
+def gt_mesh_path(image: Path) -> Optional[Path]:
+    """``gt/<sequence>/mesh/<stem>.ply`` (synthetic test frames; the synthetic world: camera fixed, head posed)."""
+    return gt_file(image, "mesh", ".ply")
 
 
 def load_gt_normal(path: Path, height: int, width: int) -> Float[Tensor, "H W 3"]:
