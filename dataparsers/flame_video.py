@@ -160,6 +160,11 @@ class FlameVideoDataParser(DataParser):
         has_masks = all(f.mask is not None for f in frames)
         bg = torch.tensor(self.config.background_color, dtype=torch.float32)
         b = self.config.scene_bound
+        all_intr = np.stack([f.intrinsics for f in subject.frames])
+        all_lms = np.full((len(subject.frames), n_lm, 2), np.nan)
+        for k, f in enumerate(subject.frames):
+            if f.landmarks is not None and len(f.landmarks) == n_lm:
+                all_lms[k] = f.landmarks
         metadata = {
             "flame_path": flame_path,
             "shape": torch.tensor(shape, dtype=torch.float32),
@@ -169,6 +174,11 @@ class FlameVideoDataParser(DataParser):
                 "sequence": [f.sequence for f in subject.frames],
                 "image": [f.image for f in subject.frames],
                 "split": {name: list(ix) for name, ix in subject.splits.items()},
+                # Full-resolution cameras and landmarks of every frame (trackers project into any frame).
+                "camera_to_world": torch.tensor(c2w[:, :3, :4], dtype=torch.float32),
+                "intrinsics": torch.tensor(all_intr, dtype=torch.float32),
+                "image_size": torch.tensor([f.size for f in subject.frames], dtype=torch.float32),
+                "landmarks": torch.tensor(all_lms, dtype=torch.float32),
             },
             "num_frames": len(subject.frames),
             "head_pose_folded": self.config.fold_head_pose,
@@ -179,6 +189,9 @@ class FlameVideoDataParser(DataParser):
             "flame_missing": subject.flame_missing,
             "landmarks_px": torch.tensor(lms, dtype=torch.float32),
         }
+        if all(f.mask_recipe is not None and f.mask_recipe[0] == "facer" for f in frames):
+            # Face-parsing labels per image (Kinect): mononphm-track down-weights the mouth interior.
+            metadata["segmentation_filenames"] = [f.mask_recipe[1] for f in frames]
         if has_masks:
             metadata["mask_color"] = tuple(self.config.background_color)
         if subject.depth_to_world and all(f.depth is not None for f in frames):

@@ -4,7 +4,8 @@
 
 Volumetric methods (tensorf-local-deform, rignerf-star): for each frame the density field
 is deformed into that frame's state (expression, jaw, neck, latent codes) and meshed by
-marching cubes inside the scene box. Surface methods with a forward map (imavatar-surface):
+marching cubes inside the scene box; mononphm-track's posed SDF is meshed at its zero level in each frame the
+same way. Surface methods with a forward map (imavatar-surface):
 the canonical surface is meshed once (``canonical.ply``) and its vertices are moved by the
 learned blendshapes and skinning into each frame, or into explicit ``--expression`` /
 ``--pose`` vectors. One PLY per mesh, written atomically. Each mesh keeps the head: its
@@ -23,14 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import tyro
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from headstudio.export.components import keep_head_components
-from headstudio.export.density_mesh import density_grid, mesh_from_grid
+from headstudio.export.frame_mesh import DENSITY_LEVEL, FrameMesher
 from headstudio.export.ply import write_ply
 
 console = Console()
@@ -67,7 +66,7 @@ class Mesh:
     """Folder for frame_NNNNN.ply (default: meshes/ beside the config)."""
     resolution: int = 256
     """Marching-cubes lattice resolution over the scene box."""
-    level: float = 25.0
+    level: float = DENSITY_LEVEL
     """Density level of the surface (world units; 25 = TensoRF's distance scale x feature 1).
     Surface methods mesh their SDF's zero level and ignore this."""
     expression: Optional[str] = None
@@ -79,72 +78,52 @@ class Mesh:
     min_component_fraction: float = 0.05
     """Components with at least this fraction of the largest one's faces are part of the head."""
 
-    def clean(self, verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The head's components of a marching-cubes mesh (or all of it with --keep-all-components)."""
-        if self.keep_all_components:
-            return verts, faces
-        verts, faces, report = keep_head_components(verts, faces, self.min_component_fraction)
-        console.print(report.describe())
-        return verts, faces
-
     def main(self) -> None:
         from nerfstudio.utils.eval_utils import eval_setup
 
         _, pipeline, _, _ = eval_setup(self.load_config, test_mode="test")
         model = pipeline.model
         kind = getattr(model, "export_kind", None)
-        if kind == "surface":
-            self.surface(model)
-            return
-        if self.expression is not None or self.pose is not None:
-            raise ValueError(f"--expression/--pose need a method with a forward map; {type(model).__name__} has none")
-        if kind != "density":
+        if kind not in ("density", "sdf", "surface"):
             raise ValueError(f"{self.load_config}: {type(model).__name__} declares no mesh export (export_kind)")
-        frames = parse_frames(self.frames, model.subject.num_frames)
+        if kind != "surface" and (self.expression is not None or self.pose is not None):
+            raise ValueError(f"--expression/--pose need a method with a forward map; {type(model).__name__} has none")
         out_dir = self.output_dir or self.load_config.parent / "meshes"
-        aabb = model.scene_box.aabb.to(model.device)
-        total = len(frames) * self.resolution**3
+        mesher = FrameMesher(model, self.resolution, self.level, self.keep_all_components, self.min_component_fraction)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task("density", total=total)
+            mesher.progress = lambda n: progress.advance(task, n)
+            if kind == "surface":
+                task = progress.add_task("canonical SDF", total=self.resolution**3)
+                verts, faces = mesher.canonical()
+                self.report(mesher)
+                write_ply(out_dir / "canonical.ply", verts, faces)
+                console.print(f"{out_dir / 'canonical.ply'}: {len(verts)} vertices, {len(faces)} faces")
+                if self.expression is not None or self.pose is not None:
+                    expr = parse_vector(self.expression, model.subject.num_expression, "--expression")
+                    pose = parse_vector(self.pose, 15, "--pose")
+                    canonical = torch.from_numpy(verts).to(model.device)
+                    moved = model.deform_vertices(canonical, expression=expr.to(model.device), pose=pose.to(model.device))
+                    path = out_dir / "explicit.ply"
+                    write_ply(path, moved.detach().cpu().numpy(), faces)
+                    console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
+                    return
+            frames = parse_frames(self.frames, model.subject.num_frames)
+            task = progress.add_task("mesh", total=len(frames) * mesher.lattice_points or len(frames))
             for frame in frames:
                 progress.update(task, description=f"frame {frame}")
-                values = density_grid(
-                    lambda x: model.observed_density(x, frame),
-                    aabb,
-                    self.resolution,
-                    progress=lambda n: progress.advance(task, n),
-                )
-                verts, faces = self.clean(*mesh_from_grid(values, aabb, self.level))
+                verts, faces = mesher(frame)
+                if kind == "surface":
+                    progress.advance(task, 1)
+                else:
+                    self.report(mesher)
                 path = out_dir / f"frame_{frame:05d}.ply"
                 write_ply(path, verts, faces)
                 console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
 
-    def surface(self, model) -> None:
-        out_dir = self.output_dir or self.load_config.parent / "meshes"
-        aabb = model.scene_box.aabb.to(model.device)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("canonical SDF", total=self.resolution**3)
-            values = density_grid(lambda x: -model.canonical_sdf(x), aabb, self.resolution,
-                                  progress=lambda n: progress.advance(task, n))  # fmt: skip
-        verts, faces = self.clean(*mesh_from_grid(values, aabb, 0.0))
-        write_ply(out_dir / "canonical.ply", verts, faces)
-        console.print(f"{out_dir / 'canonical.ply'}: {len(verts)} vertices, {len(faces)} faces")
-        canonical = torch.from_numpy(verts).to(model.device)
-        if self.expression is not None or self.pose is not None:
-            n_e = model.subject.num_expression
-            expr = parse_vector(self.expression, n_e, "--expression")
-            pose = parse_vector(self.pose, 15, "--pose")
-            moved = model.deform_vertices(canonical, expression=expr.to(model.device), pose=pose.to(model.device))
-            path = out_dir / "explicit.ply"
-            write_ply(path, moved.cpu().numpy(), faces)
-            console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
-            return
-        for frame in parse_frames(self.frames, model.subject.num_frames):
-            path = out_dir / f"frame_{frame:05d}.ply"
-            write_ply(path, model.deform_vertices(canonical, frame=frame).cpu().numpy(), faces)
-            console.print(f"{path}: {len(verts)} vertices, {len(faces)} faces")
+    def report(self, mesher: FrameMesher) -> None:
+        if mesher.reports:
+            console.print(mesher.reports[-1].describe())
 
 
 def parse_vector(text: Optional[str], size: int, flag: str) -> torch.Tensor:

@@ -20,7 +20,9 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.pixel_samplers import PixelSampler, PixelSamplerConfig
 from torch import Tensor
 
+from headstudio.data.errors import DataError
 from headstudio.dataparsers.flame_video import FlameVideoDataParserConfig
+from headstudio.engine.tracking_schedule import TrackingSchedule, TrackingScheduleConfig
 
 
 def face_region(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -33,16 +35,36 @@ def face_region(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.astype(bool)
 
 
+def read_labels(path, height: int, width: int) -> np.ndarray:
+    """A face-parsing label image (one class id per pixel) at ``height x width`` (nearest neighbour)."""
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise DataError(f"{path}: cannot read the segmentation image")
+    if labels.ndim == 3:
+        labels = labels[..., 0]
+    if labels.shape != (height, width):
+        labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+    return labels
+
+
 class HeadDataset(InputDataset):
-    """Adds ``face_mask``, the hull of the frame's landmarks, to every image's data."""
+    """Adds ``face_mask``, the hull of the frame's landmarks, to every image's data, and
+    ``segmentation`` (class ids, long) where the dataparser lists segmentation images (Kinect)."""
 
     def get_metadata(self, data: Dict) -> Dict:
         lms = self.metadata.get("landmarks_px")
         h, w = data["image"].shape[:2]
+        out: Dict[str, Tensor] = {}
         if lms is None:
-            return {"face_mask": torch.zeros(h, w, 1, dtype=torch.bool)}
-        pts = lms[data["image_idx"]].numpy() * self.scale_factor
-        return {"face_mask": torch.from_numpy(face_region(pts, h, w))[..., None]}
+            out["face_mask"] = torch.zeros(h, w, 1, dtype=torch.bool)
+        else:
+            pts = lms[data["image_idx"]].numpy() * self.scale_factor
+            out["face_mask"] = torch.from_numpy(face_region(pts, h, w))[..., None]
+        seg = self.metadata.get("segmentation_filenames")
+        if seg is not None:
+            labels = read_labels(seg[data["image_idx"]], h, w)
+            out["segmentation"] = torch.from_numpy(labels.astype(np.int64))[..., None]
+        return out
 
 
 @dataclass
@@ -122,3 +144,45 @@ class HeadDataManager(VanillaDataManager[HeadDataset]):
     """VanillaDataManager with :class:`HeadDataset` and :class:`HeadPixelSampler`."""
 
     config: HeadDataManagerConfig
+
+
+@dataclass
+class TrackingDataManagerConfig(HeadDataManagerConfig):
+    """Datamanager of photometric tracking: each step's rays come from the one frame the tracking schedule names."""
+
+    _target: Type = field(default_factory=lambda: TrackingDataManager)
+    schedule: TrackingScheduleConfig = field(default_factory=TrackingScheduleConfig)
+
+
+class TrackingDataManager(HeadDataManager):
+    """Serves the frame of each step of :class:`TrackingSchedule` (training images in frame order).
+
+    The schedule is also put into the training dataset's metadata (``tracking_schedule``), which
+    nerfstudio hands to the model, so the model and the datamanager share one schedule."""
+
+    config: TrackingDataManagerConfig
+
+    def __init__(self, config: TrackingDataManagerConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        frames = self.train_dataset.cameras.metadata["frame_index"].reshape(-1)
+        self.order = torch.argsort(frames)  # tracked frame k is training image order[k]
+        self.schedule = TrackingSchedule(config.schedule, len(frames))
+        self.train_dataset.metadata["tracking_schedule"] = self.schedule
+        self.train_dataset.metadata["tracked_frames"] = frames[self.order].tolist()
+        self.train_dataset.metadata["image_frames"] = frames.tolist()
+
+    def image_of_step(self, step: int) -> int:
+        return int(self.order[self.schedule.position(step)])
+
+    def next_train(self, step: int):
+        self.train_count += 1
+        image_batch = next(self.iter_train_image_dataloader)
+        keep = torch.nonzero(image_batch["image_idx"].cpu() == self.image_of_step(step)).reshape(-1)
+        if keep.numel() == 0:
+            raise RuntimeError("the tracking datamanager needs every training image cached (train-num-images-to-sample-from -1)")
+        k = int(keep[0])
+        one = {key: (v[k : k + 1] if isinstance(v, Tensor) and v.shape[:1] == image_batch["image_idx"].shape else v)
+               for key, v in image_batch.items()}  # fmt: skip
+        batch = self.train_pixel_sampler.sample(one)
+        ray_bundle = self.train_ray_generator(batch["indices"])
+        return ray_bundle, batch

@@ -18,9 +18,14 @@ from torch import Tensor, nn
 class FrameCodes(nn.Module):
     """``num_frames`` learned codes of size ``dim`` looked up by frame index."""
 
-    def __init__(self, num_frames: int, dim: int, trained_frames: Iterable[int], init_std: float = 0.01) -> None:
+    def __init__(
+        self, num_frames: int, dim: int, trained_frames: Iterable[int], init_std: float = 0.01, sparse: bool = False
+    ) -> None:
         super().__init__()
         self.dim = dim
+        self.sparse = sparse
+        """Sparse gradients (rows not looked up get none: for ``torch.optim.SparseAdam``, whose moments then
+        leave the other frames' rows where they are)."""
         self.codes = nn.Parameter(init_std * torch.randn(num_frames, dim))
         trained = torch.zeros(num_frames, dtype=torch.bool)
         idx = torch.as_tensor(list(trained_frames), dtype=torch.long)
@@ -38,7 +43,10 @@ class FrameCodes(nn.Module):
         return torch.where(self.own[idx], idx, torch.full_like(idx, self.reference_frame))
 
     def forward(self, frame_index: Int[Tensor, "*batch"]) -> Float[Tensor, "*batch dim"]:
-        return self.codes[self.resolve(frame_index)]
+        idx = self.resolve(frame_index)
+        if self.sparse:
+            return torch.nn.functional.embedding(idx, self.codes, sparse=True)
+        return self.codes[idx]
 
     @torch.no_grad()
     def adopt(self, frame: int) -> None:

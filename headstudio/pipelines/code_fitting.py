@@ -38,6 +38,9 @@ def optimise_frame_codes(
     for table in codes:
         table.adopt(frame)
     params = [table.codes for table in codes]
+    sparse = [table.sparse for table in codes]
+    for table in codes:
+        table.sparse = False  # dense gradients for torch.optim.Adam
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
@@ -64,6 +67,8 @@ def optimise_frame_codes(
                 if on_step is not None:
                     on_step(len(losses) - 1, losses[-1])
     finally:
+        for table, flag in zip(codes, sparse):
+            table.sparse = flag
         for p, flag in frozen:
             p.requires_grad_(flag)
         model.train(was_training)

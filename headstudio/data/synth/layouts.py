@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -52,11 +53,15 @@ class FrameRecord:
     iris_px: np.ndarray  # (2, 2) the irises (subject's right eye first), same convention
     head_transform: np.ndarray  # (4, 4) rigid head pose in world units (global joint)
     vertices_world: np.ndarray  # (V, 3)
+    tracked_vertices_world: Optional[np.ndarray] = None
+    """(V, 3) The mesh a FLAME tracker would report (with its errors), where it differs from the truth."""
 
-    def vertices_head_metres(self) -> np.ndarray:
-        """The mesh in FLAME space without the rigid head pose, in metres (metrical-tracker's meshes)."""
+    def vertices_head_metres(self, tracked: bool = False) -> np.ndarray:
+        """The mesh in FLAME space without the rigid head pose, in metres (metrical-tracker's meshes);
+        ``tracked``: the tracker's mesh where the subject simulates tracking errors."""
+        verts = self.vertices_world if not tracked or self.tracked_vertices_world is None else self.tracked_vertices_world
         inv = np.linalg.inv(self.head_transform)
-        return (self.vertices_world @ inv[:3, :3].T + inv[:3, 3]) / WORLD_SCALE
+        return (verts @ inv[:3, :3].T + inv[:3, 3]) / WORLD_SCALE
 
     def head_folded_c2w(self, camera: "PinholeCamera") -> np.ndarray:
         """OpenGL camera-to-world in the head's frame (world units): the camera carries the head pose."""
@@ -133,6 +138,9 @@ class LayoutWriter(abc.ABC):
 
     name = ""
 
+    all_meshes = False
+    """Ground-truth meshes of every sequence (else of the test sequence only)."""
+
     def __init__(self, root: Path, camera: PinholeCamera, shape: np.ndarray, faces: np.ndarray) -> None:
         self.root = root
         self.camera = camera
@@ -147,7 +155,7 @@ class LayoutWriter(abc.ABC):
     def write_frame(self, seq: str, rec: FrameRecord) -> None:
         stem = self.stem(seq, rec.index)
         self._write_frame(seq, stem, rec)
-        self.gt.write(seq, stem, rec, mesh=(seq == "test"))
+        self.gt.write(seq, stem, rec, mesh=(seq == "test" or self.all_meshes))
 
     @abc.abstractmethod
     def _write_frame(self, seq: str, stem: str, rec: FrameRecord) -> None:
@@ -392,8 +400,12 @@ class KinectWriter(LayoutWriter):
 
     name = "kinect"
 
-    def __init__(self, *args, seed: int = 0, **kwargs) -> None:
+    all_meshes = True  # ground-truth meshes of every frame: the geometry evaluation of tracked frames needs them
+
+    def __init__(self, *args, seed: int = 0, tracked_shape: Optional[np.ndarray] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.tracked_shape = tracked_shape
+        """Identity coefficients the simulated tracker reports (None: the truth)."""
         self.rng = np.random.default_rng(seed + 4242)
         self.lms: dict[str, list[np.ndarray]] = {}
         self.boxes: dict[str, list[list[float]]] = {}
@@ -445,7 +457,7 @@ class KinectWriter(LayoutWriter):
         from headstudio.export.ply import write_ply
 
         (tracker / "mesh").mkdir(parents=True, exist_ok=True)
-        write_ply(tracker / "mesh" / f"{rec.index:05d}.ply", rec.vertices_head_metres(), self.gt.faces)
+        write_ply(tracker / "mesh" / f"{rec.index:05d}.ply", rec.vertices_head_metres(tracked=True), self.gt.faces)
 
     def _finish(self) -> None:
         cam = self.camera
@@ -460,7 +472,8 @@ class KinectWriter(LayoutWriter):
                 f"{cam.K[0, 2] - HALF} {cam.K[1, 2] - HALF} {cam.K[0, 0]} {cam.K[1, 1]} {distortion} \n"
             )
             identity = np.zeros(300, np.float32)
-            identity[: len(self.shape)] = self.shape
+            shape = self.shape if self.tracked_shape is None else self.tracked_shape
+            identity[: len(shape)] = shape
             np.save(d / "identity.npy", identity)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 import torch
 
 from headstudio.data.synth.layouts import DEPTH_SCALE, WRITERS, FrameRecord, IMavatarWriter, KinectWriter
@@ -36,6 +37,11 @@ class SubjectConfig:
     """Folder layout of the video."""
     kinect: bool = False
     """Write a MonoNPHM-style Kinect sequence (RGB-D, landmarks, segmentation) instead."""
+    tracker_error: float = 0.0
+    """Kinect: simulate the errors of a FLAME tracker in the written tracking (metrical-tracker meshes and
+    identity.npy; the camera poses and landmarks stay exact): identity coefficients off by N(0, 0.5 e) times
+    their prior std, expression by N(0, 0.3 e) and jaw by N(0, 0.03 e) rad, smooth over time. 0: the tracking
+    is the truth. Ground truth (gt/) is always the truth."""
     focal: float = 2.8
     """Focal length in units of the image size."""
     distance: float = 4.0
@@ -71,8 +77,13 @@ def make_subject(
         renderer = HeadRenderer(template, Look.from_seed(cfg.seed), camera)
         shape = subject_shape(cfg.seed, cfg.num_shape)
         faces = template.faces
+        err_rng = np.random.default_rng(cfg.seed + 999)
+        tracked_shape = None
+        if cfg.kinect and cfg.tracker_error > 0:
+            std = 1.0 / (1.0 + np.arange(cfg.num_shape) / 10.0)
+            tracked_shape = shape + err_rng.normal(size=cfg.num_shape) * std * 0.5 * cfg.tracker_error
         if cfg.kinect:
-            writer = KinectWriter(tmp, camera, shape, faces, seed=cfg.seed)
+            writer = KinectWriter(tmp, camera, shape, faces, seed=cfg.seed, tracked_shape=tracked_shape)
         elif cfg.format == "imavatar":
             writer = IMavatarWriter(tmp, camera, shape, faces, subject_name=Path(out).name)
         else:
@@ -93,6 +104,18 @@ def make_subject(
                 torch.as_tensor(seq.expression, dtype=torch.float32),
                 torch.as_tensor(seq.pose, dtype=torch.float32),
             )
+            tracked = None
+            if tracked_shape is not None:
+                smooth = lambda a: uniform_filter1d(a, 5, axis=0, mode="nearest")  # noqa: E731  (about 5**-0.5 of the std)
+                expr_err = smooth(err_rng.normal(size=seq.expression.shape)) * 0.3 * cfg.tracker_error * 5**0.5
+                pose_err = np.zeros_like(seq.pose)
+                pose_err[:, 6] = smooth(err_rng.normal(size=len(seq))) * 0.03 * cfg.tracker_error * 5**0.5
+                tracked = FlameTrack(
+                    flame,
+                    torch.as_tensor(tracked_shape, dtype=torch.float32),
+                    torch.as_tensor(seq.expression + expr_err, dtype=torch.float32),
+                    torch.as_tensor(seq.pose + pose_err, dtype=torch.float32),
+                )
             for k in range(len(seq)):
                 verts = track.vertices[k]
                 rec = FrameRecord(
@@ -104,6 +127,7 @@ def make_subject(
                     iris_px=camera.project(faces_points(verts[None], flame.faces, iris_faces, iris_bary)[0].double()).numpy(),
                     head_transform=track.transforms[k, 0].double().numpy(),
                     vertices_world=verts.numpy(),
+                    tracked_vertices_world=None if tracked is None else tracked.vertices[k].numpy(),
                 )
                 writer.write_frame(seq.name, rec)
                 done += 1
@@ -125,7 +149,7 @@ def make_subject(
                 "depth": f"gt/<seq>/depth/<stem>.png: uint16, camera z in world units x {DEPTH_SCALE:g}, 0 = background",
                 "normal": "gt/<seq>/normal/<stem>.png: uint16 RGB, (n + 1) / 2 * 65535, OpenCV camera axes",
                 "semantic": "gt/<seq>/semantic/<stem>.png: uint8 labels (see labels)",
-                "mesh": "gt/test/mesh/<stem>.ply: posed FLAME-format mesh in world units",
+                "mesh": "gt/<seq>/mesh/<stem>.ply: posed FLAME-format mesh in world units (test sequence; Kinect: all)",
                 "flame": "gt/<seq>/flame.npz: stem, shape, expression, pose (15, with the head rotation) of every frame",
             },
             "labels": list(LABELS),

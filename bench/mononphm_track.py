@@ -1,0 +1,224 @@
+"""mononphm-track on a synthetic Kinect sequence: tracking speed, where the time goes, and geometry.
+
+    python bench/mononphm_track.py --prior PRIOR.ckpt [--frames 8] [--size 128] [--step-scale 0.2]
+        [--rays 500] [--tracker-error 1.0] [--variants full,no-landmarks,no-sh] [--resolution 128]
+
+1. A Kinect sequence is synthesised (``hs-synth subject --kinect``) with simulated FLAME-tracker
+   errors in the tracking it ships (``--tracker-error``; camera poses and landmarks stay exact)
+   and ground-truth meshes of every frame.
+2. Each variant (the full method and the paper's Table 2 ablations: without the landmark loss,
+   without SH lighting) is tracked by ``ns-train mononphm-track`` in its own process over the
+   whole schedule at ``--step-scale`` (first frame, each later frame, then the joint stage for
+   its own length); the wall time gives frames per minute (paper: 1.2 on a GPU; MICA 2, IMavatar 0.4).
+3. Where the time goes: 10 training steps of the full variant in this process under torch's
+   profiler, by the model's labelled parts.
+4. Geometry of every ``--eval-every``-th tracked frame, mesh by marching cubes at
+   ``--resolution``: against the back-projected depth (MonoNPHM §5.1: face region, similarity
+   ICP, L1-Chamfer, normal consistency, Recall@2.5 mm) and against the ground-truth mesh (no
+   ICP; area samples of the whole head's face region as ground truth), for each variant and for
+   the input FLAME tracking (the baseline row, as the paper's FLAME-based rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VARIANTS = {
+    "full": [],
+    "no-landmarks": ["--pipeline.model.use-landmarks", "False"],
+    "no-sh": ["--pipeline.model.use-sh", "False"],
+}
+
+
+def make_sequence(root: Path, args) -> Path:
+    from headstudio.data.synth.subject import SubjectConfig, make_subject
+
+    out = root / "kinect"
+    make_subject(out, SubjectConfig(size=args.size, num_train=args.frames, num_test=2, kinect=True,
+                                    tracker_error=args.tracker_error))  # fmt: skip
+    return out
+
+
+def track(subject: Path, variant: str, args, root: Path, num_images: int) -> tuple[Path, float, int]:
+    from headstudio.engine.tracking_schedule import TrackingSchedule, TrackingScheduleConfig
+
+    schedule = TrackingSchedule(TrackingScheduleConfig(step_scale=args.step_scale), num_images)
+    steps = schedule.total_steps
+    out = root / f"run-{variant}"
+    cmd = [
+        str(Path(sys.executable).with_name("ns-train")), "mononphm-track", "--machine.device-type", "cpu",
+        "--vis", "tensorboard", "--max-num-iterations", str(steps), "--steps-per-save", str(steps),
+        "--steps-per-eval-batch", str(10 * steps), "--steps-per-eval-image", str(10 * steps),
+        "--pipeline.model.prior", str(args.prior), "--pipeline.datamanager.schedule.step-scale", str(args.step_scale),
+        "--pipeline.datamanager.train-num-rays-per-batch", str(args.rays), "--output-dir", str(out),
+        *VARIANTS[variant], "--data", str(subject),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if res.returncode != 0:
+        raise SystemExit(f"{variant}: ns-train failed:\n{res.stderr[-3000:]}")
+    (config,) = out.rglob("config.yml")
+    return config, seconds, steps
+
+
+def profile_steps(config: Path, steps: int = 10) -> dict[str, float]:
+    """Seconds per step of each labelled part of the model over ``steps`` training steps (joint stage)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(config, test_mode="val")
+    model, dm = pipeline.model, pipeline.datamanager
+    model.train()
+    first = dm.schedule.joint_start
+    parts: dict[str, float] = {}
+    total = 0.0
+    for step in range(first, first + steps + 1):
+        model.begin_step(step)
+        with torch.profiler.profile() as prof:
+            t0 = time.perf_counter()
+            bundle, batch = dm.next_train(step)
+            losses = model.get_loss_dict(model(bundle), batch)
+            with torch.profiler.record_function("mononphm/backward"):
+                sum(losses.values()).backward()
+            seconds = time.perf_counter() - t0
+        for p in model.parameters():
+            p.grad = None
+        if step == first:  # warm-up
+            continue
+        total += seconds
+        for ev in prof.key_averages():
+            if ev.key.startswith("mononphm/"):
+                parts[ev.key.removeprefix("mononphm/")] = parts.get(ev.key.removeprefix("mononphm/"), 0.0) + ev.cpu_time_total / 1e6
+    out = {k: v / steps for k, v in parts.items()}
+    out["step"] = total / steps
+    return out
+
+
+def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = False) -> dict[str, float]:
+    """Mean metrics over every --eval-every-th tracked frame: against depth and against the GT mesh."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from headstudio.data.track import FlameTrack
+    from headstudio.export.frame_mesh import FrameMesher
+    from headstudio.metrics.depth_geometry import DepthForeground, FrameCamera, evaluate_depth_frame, mesh_geometry
+
+    _, pipeline, _, _ = eval_setup(config, test_mode="val")
+    model = pipeline.model
+    ds = pipeline.datamanager.train_dataset
+    meta = ds.metadata
+    table = meta["frame_table"]
+    mesher = FrameMesher(model, resolution=args.resolution)
+    subject_root = Path(meta["subject_root"])
+    world_scale = float(meta["world_scale"])
+    rows = {"depth": [], "gt": []}
+    image_of_frame = {int(f): i for i, f in enumerate(ds.cameras.metadata["frame_index"].reshape(-1))}
+    tracked = model.tracked_frames[:: args.eval_every]
+    gt_cache: dict[str, dict] = {}
+    for frame in tracked:
+        i = image_of_frame[frame]
+        if flame:
+            verts = model.subject.track.vertices[frame].cpu().numpy()
+            faces = model.subject.faces.cpu().numpy()
+        else:
+            verts, faces = mesher(frame)
+        cam = ds.cameras[i]
+        camera = FrameCamera(float(cam.fx), float(cam.fy), float(cam.cx), float(cam.cy), int(cam.width), int(cam.height),
+                             cam.camera_to_worlds.double().numpy())  # fmt: skip
+        res = evaluate_depth_frame(verts, faces, meta["eval_depth_filenames"][i], meta["segmentation_filenames"][i], camera,
+                                   float(meta["eval_depth_to_world"]), 1.0 / world_scale, 0.0025, DepthForeground())  # fmt: skip
+        rows["depth"].append(res)
+        # Ground truth: the true FLAME parameters of the frame (gt/<seq>/flame.npz), head pose removed (the
+        # Kinect world is the head's frame: the cameras carry the pose).
+        seq = table["sequence"][frame]
+        if seq not in gt_cache:
+            gt_cache[seq] = dict(np.load(subject_root / "gt" / seq / "flame.npz"))
+        gt = gt_cache[seq]
+        stem = Path(table["image"][frame]).stem
+        stems = [str(x) for x in gt["stem"]]
+        # Source frame 0 repeats rendered frame 0 (ground-truth stem 00001): MonoNPHM reads tracker frame t - 1.
+        k = stems.index(stem if stem in stems else f"{max(int(stem), 1):05d}")
+        pose = gt["pose"][k].copy()
+        pose[:3] = 0.0
+        track = FlameTrack(model.subject.track.flame, torch.as_tensor(gt["shape"], dtype=torch.float32),
+                           torch.as_tensor(gt["expression"][k : k + 1], dtype=torch.float32),
+                           torch.as_tensor(pose[None], dtype=torch.float32), world_scale=world_scale)  # fmt: skip
+        gt_verts = track.vertices[0].cpu().numpy()
+        rows["gt"].append(mesh_geometry(verts, faces, gt_verts, model.subject.faces.cpu().numpy(), 0.0025, 1.0 / world_scale,
+                                        num_points=50_000, gt_faces_kept=face_region_faces(model)))  # fmt: skip
+    mean = lambda key, rs: float(np.mean([getattr(r, key) for r in rs]))  # noqa: E731
+    return {
+        **{f"depth_{k}": mean(k, rows["depth"]) for k in ("chamfer_l1_m", "chamfer_manhattan_m", "normal_consistency", "recall")},
+        **{f"gt_{k}": mean(k, rows["gt"]) for k in ("chamfer_l1_m", "normal_consistency", "recall")},
+        "frames": len(tracked),
+    }
+
+
+def face_region_faces(model) -> np.ndarray:
+    """Faces of the FLAME topology in its 'face' region (the ground-truth comparison's region)."""
+    flame = model.subject.track.flame
+    face = np.zeros(flame.num_vertices, dtype=bool)
+    face[np.asarray(flame.region_masks["face"])] = True
+    f = model.subject.faces.cpu().numpy()
+    return np.nonzero(face[f].all(1))[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prior", type=Path, required=True, help="checkpoint of hs-prior train")
+    ap.add_argument("--frames", type=int, default=8, help="rendered frames of the tracked sequence")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--step-scale", type=float, default=0.2)
+    ap.add_argument("--rays", type=int, default=500)
+    ap.add_argument("--tracker-error", type=float, default=1.0)
+    ap.add_argument("--variants", default="full,no-landmarks,no-sh")
+    ap.add_argument("--resolution", type=int, default=128, help="marching-cubes resolution of the meshes")
+    ap.add_argument("--eval-every", type=int, default=2)
+    ap.add_argument("--work-dir", type=Path, default=None)
+    args = ap.parse_args()
+    root = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-mononphm-"))
+    root.mkdir(parents=True, exist_ok=True)
+    subject = make_sequence(root, args)
+    num_images = len(list((subject / "train" / "source").glob("*.png")))
+    print(f"sequence: {subject} ({num_images} tracked frames at {args.size} px, tracker error {args.tracker_error})")
+    results, timing = {}, {}
+    for variant in args.variants.split(","):
+        config, seconds, steps = track(subject, variant, args, root, num_images)
+        timing[variant] = (seconds, steps)
+        print(f"{variant}: {steps} steps in {seconds:.0f} s ({config})", flush=True)
+        results[variant] = geometry(config, args)
+        if variant == "full":
+            results["FLAME tracking (input)"] = geometry(config, args, flame=True)
+            parts = profile_steps(config)
+    print("\nSpeed (ns-train wall time over the whole schedule, this CPU):\n")
+    print("| variant | steps | wall time | s/step | frames/min |")
+    print("|---|---|---|---|---|")
+    for v, (sec, steps) in timing.items():
+        print(f"| {v} | {steps} | {sec / 60:.1f} min | {sec / steps:.2f} | {num_images / (sec / 60):.2f} |")
+    if "full" in timing:
+        print("\nWhere a training step goes (full variant, joint stage, 10 steps, torch profiler CPU time of each part):\n")
+        print("| part | s/step | share |")
+        print("|---|---|---|")
+        for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
+            if k != "step":
+                print(f"| {k} | {v:.3f} | {v / parts['step']:.0%} |")
+        print(f"| whole step (wall) | {parts['step']:.3f} | 100% |")
+    print("\nGeometry (mean over every --eval-every-th tracked frame):\n")
+    print("| method | depth L1-Chamfer (m) | depth L1-Chamfer, eval.py's L1 norm (m) | depth NC | depth Recall@2.5mm | GT-mesh L1-Chamfer (m) | GT-mesh NC | GT-mesh Recall@2.5mm |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['depth_chamfer_l1_m']:.4f} | {r['depth_chamfer_manhattan_m']:.4f} | {r['depth_normal_consistency']:.3f} | "
+              f"{r['depth_recall']:.3f} | {r['gt_chamfer_l1_m']:.4f} | {r['gt_normal_consistency']:.3f} | {r['gt_recall']:.3f} |")  # fmt: skip
+    print("| MonoNPHM, paper (real Kinect, Table 1) | | 0.0024 | 0.940 | 0.785 | | | |")
+
+
+if __name__ == "__main__":
+    main()
