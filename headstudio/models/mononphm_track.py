@@ -132,7 +132,8 @@ class MonoNPHMTrackModelConfig(ModelConfig):
     """Weight of the landmark loss (squared error in image-size units) at the start of a stage (ours: the
     authors' code weighs it like the colour loss)."""
     landmark_emphasis: float = 100.0
-    """Factor on the chin, eye and mouth landmarks (supp. B.4: 100)."""
+    """Factor on the chin, eye and mouth landmarks (supp. B.4: 100); as in the authors' code it scales their
+    residual, so their squared error weighs 100^2 times the others'."""
     landmark_decay: Tuple[Tuple[int, float], ...] = ((25, 1.0), (50, 0.5), (100, 0.2))
     """(steps into a frame's stage, factor) of the landmark weight, 0.1 after the last (supp. B.4: strongly
     decayed; the steps and factors are the authors' code's, times the step scale)."""
@@ -237,7 +238,7 @@ class MonoNPHMTrackModel(HeadModel):
         anchors, landmarks = anchor_landmark_pairs()
         self.register_buffer("lm_anchors", torch.tensor(anchors), persistent=False)
         self.register_buffer("lm_ids", torch.tensor(landmarks), persistent=False)
-        emph = torch.tensor([cfg.landmark_emphasis if m in EMPHASISED_LANDMARKS else 1.0 for m in landmarks])
+        emph = torch.tensor([cfg.landmark_emphasis**2 if m in EMPHASISED_LANDMARKS else 1.0 for m in landmarks])
         self.register_buffer("lm_weights", emph, persistent=False)
         self.background = colors.get_color(cfg.background_color)
         self.viewer_progress = ViewerText("Tracking", "not started", disabled=True, hint="Stage of the tracking schedule")
@@ -449,7 +450,8 @@ class MonoNPHMTrackModel(HeadModel):
         return implicit_root(root, x_c - a_c, jac), converged
 
     def landmark_loss(self, frame: int) -> Tensor:
-        """Mean squared distance, in image-size units, between projected posed anchors and detected landmarks."""
+        """Mean squared distance, in image-size units, between projected posed anchors and detected landmarks
+        (the emphasised ones weighted up, as the authors' code, not renormalised)."""
         lms = self.frame_landmarks[frame][self.lm_ids]
         valid = torch.isfinite(lms).all(-1)
         posed, converged = self.posed_anchors(frame)
@@ -462,8 +464,7 @@ class MonoNPHMTrackModel(HeadModel):
         px = project(world, self.frame_camera_to_world[frame], fx, fy, cx, cy)
         size = self.frame_image_size[frame]
         err = ((px - torch.nan_to_num(lms)) / size).square().sum(-1)
-        w = self.lm_weights * valid
-        return (w * err).sum() / w.sum().clamp_min(1e-8)
+        return (self.lm_weights * valid * err).sum() / valid.sum()
 
     # ------------------------------------------------------------------ losses
     def regularisers(self, frame: int) -> Dict[str, Tensor]:

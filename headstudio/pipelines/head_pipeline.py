@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import time
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 import torchvision.utils as vutils
@@ -34,14 +34,12 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from headstudio.export.frame_mesh import FrameMesher
 from headstudio.fields.frame_codes import FrameCodes
 from headstudio.metrics.depth_geometry import DepthForeground, FrameCamera, evaluate_depth_frame
 from headstudio.metrics.geometry import camera_normals_to_world, gt_normal_path, load_gt_normal
 from headstudio.metrics.images import lpips_unavailable_reason
 from headstudio.pipelines.code_fitting import optimise_frame_codes
-
-if TYPE_CHECKING:
-    from headstudio.export.frame_mesh import FrameMesher
 
 FRAME_ENV = "HEADSTUDIO_FRAME"
 
@@ -205,7 +203,7 @@ class HeadPipeline(VanillaPipeline):
                 batch["gt_normal_world"] = camera_normals_to_world(load_gt_normal(path, h, w), camera.camera_to_worlds[0])
         return batch
 
-    def _geometry_mesher(self) -> Optional["FrameMesher"]:
+    def _geometry_mesher(self) -> Optional[FrameMesher]:
         """The mesher of the geometry metrics, or None where they do not apply (not a Kinect subject,
         switched off, or a model that cannot be meshed)."""
         meta = self.datamanager.eval_dataset.metadata
@@ -213,11 +211,9 @@ class HeadPipeline(VanillaPipeline):
             return None
         if getattr(self.model, "export_kind", None) is None:
             return None
-        from headstudio.export.frame_mesh import FrameMesher
-
         return FrameMesher(self.model, resolution=self.config.geometry_resolution)
 
-    def depth_geometry_row(self, mesher: "FrameMesher", camera, image_idx: int) -> Tuple[Dict[str, float], Optional[str]]:
+    def depth_geometry_row(self, mesher: FrameMesher, camera, image_idx: int) -> Tuple[Dict[str, float], Optional[str]]:
         """MonoNPHM's geometry metrics of one eval image (the model meshed in the camera's frame against
         the image's depth map), and why they are NaN where the frame could not be meshed."""
         dataset = self.datamanager.eval_dataset
