@@ -111,3 +111,16 @@ def build_anchor_layout(
     if len(np.unique(out)) != NUM_ANCHORS:
         raise ValueError("two anchors fell on the same vertex: the mesh is too coarse for the 65-anchor layout")
     return AnchorLayout(out)
+
+
+def anchor_landmark_pairs() -> tuple[list[int], list[int]]:
+    """(anchor index, iBUG-68 landmark index) of every anchor placed on a detector landmark
+    (pair ``i`` is anchors ``2i, 2i+1``, the midline 60..64)."""
+    anchors, landmarks = [], []
+    for i, (a, b) in enumerate(LANDMARK_PAIRS):
+        anchors += [2 * i, 2 * i + 1]
+        landmarks += [a, b]
+    for k, m in enumerate(LANDMARK_MIDLINE):
+        anchors.append(2 * NUM_PAIRS + k)
+        landmarks.append(m)
+    return anchors, landmarks

@@ -57,7 +57,7 @@ from torch.profiler import record_function
 from headstudio.data.errors import DataError
 from headstudio.engine.tracking_schedule import Stage, TrackingSchedule, TrackingScheduleConfig
 from headstudio.fields.frame_codes import FrameCodes
-from headstudio.fields.nphm_anchors import LANDMARK_MIDLINE, LANDMARK_PAIRS
+from headstudio.fields.nphm_anchors import anchor_landmark_pairs
 from headstudio.flame.lbs import axis_angle_to_matrix
 from headstudio.metrics.geometry import project
 from headstudio.models.head_model import HeadModel
@@ -71,19 +71,6 @@ MOUTH_INTERIOR_CLASS = 11
 """Face-parsing class of the mouth interior (facer's, as MonoNPHM's data; supp. B.4)."""
 EMPHASISED_LANDMARKS = (8,) + tuple(range(36, 48)) + tuple(range(48, 68))
 """iBUG-68 chin (8), eyes (36-47) and mouth (48-67): weighted up in the landmark loss (supp. B.4)."""
-
-
-def anchor_landmark_pairs() -> Tuple[List[int], List[int]]:
-    """(anchor index, iBUG-68 landmark index) of every anchor placed on a detector landmark
-    (:mod:`headstudio.fields.nphm_anchors`: pair ``i`` is anchors ``2i, 2i+1``, the midline 60..64)."""
-    anchors, landmarks = [], []
-    for i, (a, b) in enumerate(LANDMARK_PAIRS):
-        anchors += [2 * i, 2 * i + 1]
-        landmarks += [a, b]
-    for k, m in enumerate(LANDMARK_MIDLINE):
-        anchors.append(60 + k)
-        landmarks.append(m)
-    return anchors, landmarks
 
 
 @dataclass
@@ -484,17 +471,17 @@ class MonoNPHMTrackModel(HeadModel):
         k = self.position_of.get(frame)
         if k is None:
             return out
-        neighbours = [k - 1] if self.stage().name == "sequential" else [k - 1, k + 1]
+        sequential = self.stage().name == "sequential"  # earlier frames are done: only the current one moves
+        neighbours = [k - 1] if sequential else [k - 1, k + 1]
         tv = torch.zeros((), device=idx.device)
         for j in neighbours:
             if not 0 <= j < len(self.tracked_frames):
                 continue
             other = torch.tensor([self.tracked_frames[j]], device=idx.device)
-            detach = self.stage().name == "sequential"  # earlier frames are done: only the current one moves
             for table, mult in ((self.z_exp, cfg.tv_expression_mult), (self.rotation, cfg.tv_rotation_mult),
                                 (self.translation, cfg.tv_translation_mult)):  # fmt: skip
                 ref = table(other)
-                tv = tv + mult * (table(idx) - (ref.detach() if detach else ref)).square().sum()
+                tv = tv + mult * (table(idx) - (ref.detach() if sequential else ref)).square().sum()
         out["smoothness"] = tv
         return out
 
