@@ -62,6 +62,8 @@ class FlameVideoDataParserConfig(DataParserConfig):
     kinect_intrinsics: Optional[Path] = None
     """MonoNPHM: the Kinect calibration ``kinect_intrinsics.txt`` (``cx cy fx fy ...``, MonoNPHM's assets/); default: that
     file in the sequence or subject folder, else the tracker's K in the camera npz (MonoNPHM's video case)."""
+    frame_rate: float = 25.0
+    """Frames per second of the video (the layouts do not record it): the viewer's Play and hs-render's default."""
     scene_bound: float = 1.0
     """Half-size of the scene box around the head, in world units (a head spans about one unit)."""
     one_line_errors: bool = True
@@ -181,6 +183,7 @@ class FlameVideoDataParser(DataParser):
                 "landmarks": torch.tensor(all_lms, dtype=torch.float32),
             },
             "num_frames": len(subject.frames),
+            "frame_rate": float(self.config.frame_rate),
             "head_pose_folded": self.config.fold_head_pose,
             "world_scale": WORLD_SCALE,
             "layout": subject.layout,

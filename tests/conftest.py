@@ -118,13 +118,13 @@ def viewer_slider_images(pipeline, frames: Sequence[int] = (0, 3), scale: float 
     images = []
     try:
         for frame in frames:
-            model.subject.viewer_frame.value = frame
+            model.subject.drive.c01_frame.value = frame
             torch.manual_seed(0)
             rgb = model.get_outputs_for_camera(camera)["rgb"]
             assert rgb.shape == (int(camera.height), int(camera.width), 3) and torch.isfinite(rgb).all()
             images.append(rgb)
     finally:
-        model.subject.viewer_frame.value = model.subject.default_frame
+        model.subject.drive.c01_frame.value = model.subject.default_frame
     return images
 
 

@@ -222,3 +222,34 @@ def test_ns_train_eval_and_export_on_a_tiny_kinect_sequence(tiny_prior, subjects
     for frame in (0, 2):
         verts, faces = read_ply(tmp_path / "meshes" / f"frame_{frame:05d}.ply")
         assert len(verts) > 50 and len(faces) > 50
+
+
+def test_viewer_drive_reset_renders_the_frame_and_the_neck_turns_the_head(pipeline):
+    import copy
+
+    from headstudio.viewer.controls import TRACKED
+
+    model = pipeline.model
+    model.eval()
+    subject, drive = model.subject, model.subject.drive
+    camera = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
+    camera.metadata = None
+    camera.rescale_output_resolution(0.25)
+    frame = model.tracked_frames[1]
+
+    def render():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model.get_outputs_for_camera(camera)["rgb"]
+
+    drive.c00_source.value, drive.c01_frame.value = TRACKED, frame
+    tracked = render()
+    drive.reset_to_frame()
+    assert (render() - tracked).abs().max() < 1e-4  # manual with the frame's values: the same picture
+    assert model.base_rotation[subject.driven_frame].allclose(model.base_rotation[frame], atol=1e-5)
+    drive.c06_neck_yaw.value = 0.6
+    turned = render()
+    rel = model.base_rotation[frame].T @ model.base_rotation[subject.driven_frame]
+    assert float(torch.rad2deg(torch.arccos(((rel.trace() - 1) / 2).clamp(-1, 1)))) > 20  # the head turned
+    assert (turned - tracked).abs().max() > 1e-3
+    drive.c00_source.value, drive.c01_frame.value = TRACKED, subject.default_frame

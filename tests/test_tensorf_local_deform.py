@@ -200,7 +200,7 @@ def test_viewer_frame_slider_and_fixed_frame(pipeline):
     subject = pipeline.model.subject
     bundle = RayBundle(origins=torch.zeros(3, 3), directions=torch.ones(3, 3), pixel_area=torch.ones(3, 1))
     assert (subject.frame_of(bundle) == subject.default_frame).all()
-    subject.viewer_frame.value = 5
+    subject.drive.c01_frame.value = 5
     assert (subject.frame_of(bundle) == 5).all()
     bundle.metadata = {"frame_index": torch.tensor([[1], [2], [3]])}
     assert subject.frame_of(bundle).tolist() == [1, 2, 3]
@@ -209,7 +209,7 @@ def test_viewer_frame_slider_and_fixed_frame(pipeline):
         assert (subject.frame_of(bundle) == 6).all()
     finally:
         subject.fixed_frame = None
-        subject.viewer_frame.value = subject.default_frame
+        subject.drive.c01_frame.value = subject.default_frame
 
 
 def test_viewer_camera_without_frame_renders_the_slider_frame(pipeline):

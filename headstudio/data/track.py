@@ -67,6 +67,16 @@ class FlameTrack(nn.Module):
             rest_joints=out.rest_joints * s,
         )
 
+    @torch.no_grad()
+    def set_row(self, row: int, expression: Float[Tensor, "E"], pose: Float[Tensor, "15"]) -> None:
+        """Replace one row's state by explicit parameters (the subject's driven row)."""
+        out = self.evaluate(expression[None], pose[None])
+        self.expression[row] = expression.to(self.expression)
+        self.pose[row] = pose.to(self.pose)
+        self.vertices[row] = out.vertices[0]
+        self.landmarks[row] = out.landmarks[0]
+        self.transforms[row] = out.transforms[0]
+
     def lookup(self, frame_index: Int[Tensor, "*batch"], default: Optional[int] = None) -> dict[str, Tensor]:
         """State of the frames with the given indices (``-1`` falls back to ``default``)."""
         idx = frame_index.long()

@@ -79,6 +79,14 @@ class ForwardSkinning(nn.Module):
         object.__setattr__(self, "_track", track)  # a reference, not a submodule (the subject owns it)
 
     @torch.no_grad()
+    def refresh_row(self, row: int) -> None:
+        """Recompute one frame's tables from the track (the subject's driven row after it changed)."""
+        expression, feat, transforms = self.explicit_state(self._track.expression[row], self._track.pose[row])
+        self.expression[row] = expression
+        self.pose_features[row] = feat
+        self.transforms[row] = transforms
+
+    @torch.no_grad()
     def explicit_state(
         self, expression: Float[Tensor, "E"], pose: Float[Tensor, "15"]
     ) -> Tuple[Float[Tensor, "E"], Float[Tensor, "P"], Float[Tensor, "J 4 4"]]:

@@ -32,6 +32,8 @@ class FrameCodes(nn.Module):
         trained[idx] = True
         self.register_buffer("own", trained)
         self.reference_frame = int(idx.min()) if len(idx) else 0
+        self.followed: tuple[int, int] = (-1, -1)
+        """``(row, source)``: frame index ``row`` (past the table: the subject's driven state) reads ``source``'s code."""
 
     @property
     def num_frames(self) -> int:
@@ -39,7 +41,11 @@ class FrameCodes(nn.Module):
 
     def resolve(self, frame_index: Int[Tensor, "*batch"]) -> Int[Tensor, "*batch"]:
         """Frames without a code of their own read the reference (first training) frame's."""
-        idx = frame_index.long().clamp(0, self.num_frames - 1)
+        idx = frame_index.long()
+        row, source = self.followed
+        if row >= 0:
+            idx = torch.where(idx == row, torch.full_like(idx, source), idx)
+        idx = idx.clamp(0, self.num_frames - 1)
         return torch.where(self.own[idx], idx, torch.full_like(idx, self.reference_frame))
 
     def forward(self, frame_index: Int[Tensor, "*batch"]) -> Float[Tensor, "*batch dim"]:
@@ -47,6 +53,10 @@ class FrameCodes(nn.Module):
         if self.sparse:
             return torch.nn.functional.embedding(idx, self.codes, sparse=True)
         return self.codes[idx]
+
+    def follow(self, row: int, source: int) -> None:
+        """Let frame index ``row`` read the code of frame ``source`` (which resolves as usual)."""
+        self.followed = (int(row), int(source))
 
     @torch.no_grad()
     def adopt(self, frame: int) -> None:

@@ -61,6 +61,7 @@ class FlameArrays:
     J_regressor: np.ndarray  # (J, V) float, dense
     parents: tuple[int, ...]
     num_shape_total: int  # identity components in shapedirs (300 in official FLAME)
+    expression_names: tuple[str, ...] = ()  # names of the expression components, where the file has them
 
     @property
     def num_vertices(self) -> int:
@@ -187,7 +188,17 @@ def load_flame_arrays(path: os.PathLike | str, num_shape_total: Optional[int] = 
         J_regressor=regressor,
         parents=parents,
         num_shape_total=num_shape_total,
+        expression_names=_names(data.get("expression_names"), path),
     )
+
+
+def _names(value: Any, path: Path) -> tuple[str, ...]:
+    """``expression_names`` (headstudio's procedural model writes it; official FLAME has none)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise FlameFileError(f"{path}: field 'expression_names' must be a list of strings")
+    return tuple(value)
 
 
 def load_landmark_embedding(path: os.PathLike | str, num_faces: Optional[int] = None) -> LandmarkEmbedding:

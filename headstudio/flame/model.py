@@ -111,6 +111,12 @@ class FlameModel(nn.Module):
                 self.register_buffer("lmk_iris_faces", torch.as_tensor(lm.iris_faces), persistent=False)
                 self.register_buffer("lmk_iris_bary", f32(lm.iris_bary), persistent=False)
         self.region_masks = dict(region_masks or {})
+        self.expression_names = tuple(arrays.expression_names[:num_expression])
+        """Names of the used expression components where the file has them (headstudio's procedural model), else ()."""
+
+    def expression_label(self, k: int) -> str:
+        """A viewer label for expression component ``k``: its name, else ``"expression k"``."""
+        return self.expression_names[k].replace("_", " ") if k < len(self.expression_names) else f"expression {k}"
 
     @classmethod
     def from_file(

@@ -15,27 +15,53 @@ Mesh export (``hs-export mesh``) reads what a model declares in ``export_kind``:
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar, Iterator, Dict, Literal, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterator, Dict, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from nerfstudio.models.base_model import Model
+from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 from torch import Tensor
 
+from headstudio.fields.frame_codes import FrameCodes
 from headstudio.metrics.images import image_metrics
 from headstudio.models.subject_state import SubjectState
 
 
+@dataclass
+class HeadModelConfig(ModelConfig):
+    """What every headstudio method's config has (the viewer's Drive panel)."""
+
+    _target: Type = field(default_factory=lambda: HeadModel)
+    drive_expression_controls: int = 10
+    """Manual expression sliders in the viewer's Drive panel: the first K expression components (ours; named
+    from the FLAME-format model's metadata where it has names)."""
+
+
 class HeadModel(Model):
     """nerfstudio Model with a :class:`SubjectState` (``self.subject``) and the papers' metrics."""
+
+    config: HeadModelConfig
 
     export_kind: ClassVar[Optional[Literal["density", "surface"]]] = None
     """How ``hs-export mesh`` meshes this model (see the module docstring); None: it cannot."""
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        self.subject = SubjectState(self.kwargs["metadata"])
+        self.subject = SubjectState(self.kwargs["metadata"], self.config.drive_expression_controls)
+        self.subject.on_driven(self.driven_state_changed)
+
+    def driven_state_changed(self, row: int, nearest: int) -> None:
+        """The subject's driven row changed: per-frame codes read the nearest tracked frame's, and the
+        method refreshes its tables derived from the track (:meth:`refresh_track_row`)."""
+        for module in self.modules():
+            if isinstance(module, FrameCodes):
+                module.follow(row, nearest)
+        self.refresh_track_row(row, nearest)
+
+    def refresh_track_row(self, row: int, nearest: int) -> None:
+        """Recompute row ``row`` of any per-frame table the method derived from the subject's track (none here)."""
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         image = batch["image"][..., :3].to(outputs["rgb"].device)

@@ -48,14 +48,14 @@ from headstudio.fields.imavatar import (
 )
 from headstudio.fields.frame_codes import FrameCodes
 from headstudio.metrics.geometry import normal_angle_error, project
-from headstudio.models.head_model import HeadModel
+from headstudio.models.head_model import HeadModel, HeadModelConfig
 from headstudio.ops.nearest import NearestVertex
 from headstudio.rendering.implicit_surface import march_in_bounds
 from headstudio.ops.root_finding import implicit_root
 
 
 @dataclass
-class IMavatarSurfaceModelConfig(ModelConfig):
+class IMavatarSurfaceModelConfig(HeadModelConfig):
     """IMavatar (Zheng et al. 2022). Sizes the paper shows only in its Fig. 7 come from the authors' public configuration."""
 
     _target: Type = field(default_factory=lambda: IMavatarSurfaceModel)
@@ -210,6 +210,9 @@ class IMavatarSurfaceModel(HeadModel):
     @property
     def texture(self) -> TextureNetwork:
         return self.field.texture
+
+    def refresh_track_row(self, row: int, nearest: int) -> None:
+        self.skin.refresh_row(row)
 
     @property
     def latent_codes(self) -> FrameCodes:

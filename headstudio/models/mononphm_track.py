@@ -60,7 +60,7 @@ from headstudio.fields.frame_codes import FrameCodes
 from headstudio.fields.nphm_anchors import anchor_landmark_pairs
 from headstudio.flame.lbs import axis_angle_to_matrix
 from headstudio.metrics.geometry import project
-from headstudio.models.head_model import HeadModel
+from headstudio.models.head_model import HeadModel, HeadModelConfig
 from headstudio.ops.root_finding import broyden, implicit_root
 from headstudio.prior.inspect import DEFAULT_BOX
 from headstudio.rendering.implicit_surface import ray_box
@@ -74,7 +74,7 @@ EMPHASISED_LANDMARKS = (8,) + tuple(range(36, 48)) + tuple(range(48, 68))
 
 
 @dataclass
-class MonoNPHMTrackModelConfig(ModelConfig):
+class MonoNPHMTrackModelConfig(HeadModelConfig):
     """MonoNPHM tracking (Giebenhain et al. 2024, §4 and supp. B.4)."""
 
     _target: Type = field(default_factory=lambda: MonoNPHMTrackModel)
@@ -317,6 +317,18 @@ class MonoNPHMTrackModel(HeadModel):
         idx = torch.tensor([frame], device=self.z_geo.device)
         rot = self.base_rotation[frame] @ axis_angle_to_matrix(self.rotation(idx))[0]
         return rot, self.base_translation[frame] + self.translation(idx)[0]
+
+    @torch.no_grad()
+    def refresh_track_row(self, row: int, nearest: int) -> None:
+        """A driven state: the nearest tracked frame's head pose, moved by the change of the FLAME neck joint
+        from that frame to the driven state (its codes, and so its learnt pose offsets, follow that frame)."""
+        t = self.subject.track.transforms
+        base = t[nearest, 0].clone()
+        base[:3, :3] = self.base_rotation[nearest]
+        base[:3, 3] = self.base_translation[nearest]
+        moved = t[row, 1] @ torch.linalg.inv(t[nearest, 1]) @ base
+        self.base_rotation[row] = moved[:3, :3]
+        self.base_translation[row] = moved[:3, 3]
 
     def lighting(self) -> Tensor:
         return self.sh.detach() if self.frozen_identity() else self.sh

@@ -37,11 +37,12 @@ from headstudio.fields.nerf_mlp import ConditionedNeRFField
 from headstudio.fields.frame_codes import FrameCodes
 from headstudio.ops.nearest import NearestVertex
 from headstudio.deformers.deformation import Deformation
+from headstudio.models.head_model import HeadModelConfig
 from headstudio.rendering.deformed_nerf import DeformedRadianceModel, FrameRows
 
 
 @dataclass
-class RigNeRFStarModelConfig(ModelConfig):
+class RigNeRFStarModelConfig(HeadModelConfig):
     """RigNeRF* (Chen et al. 2023's monocular adaptation of RigNeRF)."""
 
     _target: Type = field(default_factory=lambda: RigNeRFStarModel)
@@ -111,14 +112,7 @@ class RigNeRFStarModel(DeformedRadianceModel):
                 "drop --pipeline.datamanager.dataparser.fold-head-pose False"
             )
         track = self.subject.track
-        if cfg.guide_includes_neck:
-            guide = track.vertices
-        else:
-            pose = track.pose.clone()
-            pose[:, :6] = 0.0
-            guide = torch.cat(
-                [track.evaluate(track.expression[i : i + 128], pose[i : i + 128]).vertices for i in range(0, len(pose), 128)]
-            )
+        guide = torch.cat([self.guide_of(slice(i, i + 128)) for i in range(0, track.num_frames, 128)])
         self.register_buffer("guide_vertices", guide.detach().clone(), persistent=False)
         self.nearest = NearestVertex(cfg.nearest_backend)
         bound = float(self.scene_box.aabb.abs().max())
@@ -148,6 +142,20 @@ class RigNeRFStarModel(DeformedRadianceModel):
         self.setup_deformed_rendering(
             cfg.num_coarse_samples, cfg.num_importance_samples, cfg.coarse_deform_stride, cfg.background_color
         )
+
+    @torch.no_grad()
+    def guide_of(self, rows: slice) -> Tensor:
+        """The 3DMM guide mesh of track rows: the tracked mesh, without global and neck rotation unless
+        ``guide_includes_neck``."""
+        track = self.subject.track
+        if self.config.guide_includes_neck:
+            return track.vertices[rows]
+        pose = track.pose[rows].clone()
+        pose[:, :6] = 0.0
+        return track.evaluate(track.expression[rows], pose).vertices
+
+    def refresh_track_row(self, row: int, nearest: int) -> None:
+        self.guide_vertices[row] = self.guide_of(slice(row, row + 1))[0]
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {

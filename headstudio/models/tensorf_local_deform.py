@@ -49,11 +49,12 @@ from headstudio.deformers.mesh_prior import sample_mesh_prior
 from headstudio.fields.tensorf import TensoRFCanonicalField, upsampling_resolutions
 from headstudio.fields.frame_codes import FrameCodes
 from headstudio.deformers.deformation import Deformation
+from headstudio.models.head_model import HeadModelConfig
 from headstudio.rendering.deformed_nerf import DeformedRadianceModel, FrameRows
 
 
 @dataclass
-class TensoRFLocalDeformModelConfig(ModelConfig):
+class TensoRFLocalDeformModelConfig(HeadModelConfig):
     """tensorf-local-deform (Chen et al. 2023). Iteration counts are multiplied by ``schedule_scale``."""
 
     _target: Type = field(default_factory=lambda: TensoRFLocalDeformModel)

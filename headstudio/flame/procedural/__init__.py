@@ -122,6 +122,8 @@ def make_procedural_flame(seed: int = 0, num_shape: int = NUM_SHAPE, num_express
         "J": (regressor @ t.vertices).astype(np.float64),
         "bs_style": "lbs",
         "bs_type": "lrotmin",
+        # Not an official key (official loaders ignore it): the viewer's Drive sliders read their labels here.
+        "expression_names": list(EXPRESSION_NAMES) + [f"expression {k}" for k in range(len(EXPRESSION_NAMES), num_expression)],
     }
     return ProceduralFlame(model, _landmark_embedding(t, normals), _region_masks(t, weights), t)
 

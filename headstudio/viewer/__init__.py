@@ -1,0 +1,1 @@
+"""Driving the avatar in nerfstudio's viewer and in hs-render."""

@@ -1,0 +1,167 @@
+"""Driving a running nerfstudio viewer in headless Chromium (the browser test, the README screenshot).
+
+Uses selenium (the ``test`` extra) with the system browser: Debian's ``chromium`` and
+``chromium-driver`` (``/usr/bin/chromium``, ``/usr/bin/chromedriver``; ``.ci/run`` installs them).
+WebGL runs on SwiftShader, Chromium's software renderer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+CHROMIUM_ARGS = (
+    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800",
+    "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-gpu-sandbox",
+)  # fmt: skip
+
+
+def browser_paths() -> tuple[Optional[str], Optional[str]]:
+    """(chromium, chromedriver) on PATH or in /usr/bin, or None where missing."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return chromium, driver
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_viewer(config: Path, port: int, timeout: float = 240.0, log: Optional[Path] = None) -> Iterator[str]:
+    """``ns-viewer`` on ``config`` at localhost:``port``; yields its URL once it serves; always stopped."""
+    exe = Path(sys.executable).parent / "ns-viewer"
+    cmd = [str(exe if exe.exists() else "ns-viewer"), "--load-config", str(config), "--viewer.websocket-port", str(port)]
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ns-viewer exited with status {proc.returncode} before serving (log: {log})")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ns-viewer did not serve on port {port} within {timeout:.0f} s")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if log:
+            out.close()
+
+
+class ViewerPage:
+    """A viewer page in headless Chromium."""
+
+    def __init__(self, url: str, chromium: str, chromedriver: str) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+
+        options = Options()
+        for arg in CHROMIUM_ARGS:
+            options.add_argument(arg)
+        options.binary_location = chromium
+        self.driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+        self.driver.get(url)
+
+    def close(self) -> None:
+        self.driver.quit()
+
+    # ------------------------------------------------------------------ page
+    def wait_for_text(self, texts: Sequence[str], timeout: float = 60.0) -> None:
+        from selenium.webdriver.common.by import By
+
+        deadline = time.monotonic() + timeout
+        missing = list(texts)
+        while time.monotonic() < deadline:
+            body = self.driver.find_element(By.TAG_NAME, "body").text
+            missing = [t for t in texts if t not in body]
+            if not missing:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"the viewer page never showed {missing}")
+
+    def _control(self, label: str):
+        """The root element of the GUI control whose label is ``label`` (viser: ``<label for=ID>``)."""
+        from selenium.webdriver.common.by import By
+
+        node = self.driver.find_element(By.XPATH, f"//label[normalize-space(text())='{label}']")
+        return self.driver.find_element(By.ID, node.get_attribute("for"))
+
+    def slider_to_end(self, label: str, end: str = "END") -> None:
+        """Move slider ``label`` to its maximum (``END``) or minimum (``HOME``) with the keyboard."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        thumb = self._control(label).find_element(By.CSS_SELECTOR, "[role=slider]")
+        thumb.send_keys(getattr(Keys, end))
+
+    def slider_value(self, label: str) -> float:
+        from selenium.webdriver.common.by import By
+
+        thumb = self._control(label).find_element(By.CSS_SELECTOR, "[role=slider]")
+        return float(thumb.get_attribute("aria-valuenow"))
+
+    def set_number(self, label: str, value: float) -> None:
+        """Type into the number field of control ``label`` (a slider's field, e.g. 'Max res')."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        row = self._control(label).find_element(By.XPATH, "./ancestor::div[contains(@class,'mantine-Flex-root')][1]")
+        field = row.find_element(By.CSS_SELECTOR, "input.mantine-NumberInput-input")
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(str(value), Keys.ENTER)
+
+    # ------------------------------------------------------------------ pictures
+    def screenshot(self) -> np.ndarray:
+        """The whole page as RGB uint8 [H, W, 3]."""
+        from PIL import Image
+
+        png = self.driver.get_screenshot_as_png()
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+    def viewport(self) -> np.ndarray:
+        """The 3-D viewport (the page left of the control panel, below the title bar) as RGB uint8."""
+        from selenium.webdriver.common.by import By
+
+        canvas = self.driver.find_element(By.TAG_NAME, "canvas")
+        r = canvas.rect
+        ratio = float(self.driver.execute_script("return window.devicePixelRatio") or 1.0)
+        img = self.screenshot()
+        x0, y0 = int(r["x"] * ratio), int(r["y"] * ratio)
+        x1, y1 = int((r["x"] + r["width"]) * ratio), int((r["y"] + r["height"]) * ratio)
+        return img[y0:y1, x0:x1]
+
+    def steady_viewport(self, timeout: float = 90.0, settle: float = 2.0, tol: float = 0.5) -> np.ndarray:
+        """The viewport once it stops changing (the render has reached full resolution)."""
+        deadline = time.monotonic() + timeout
+        last = self.viewport()
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            now = self.viewport()
+            if now.shape == last.shape and np.abs(now.astype(float) - last.astype(float)).mean() < tol:
+                return now
+            last = now
+        raise TimeoutError(f"the viewport kept changing for {timeout:.0f} s")
