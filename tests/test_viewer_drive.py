@@ -118,8 +118,16 @@ def test_drive_controls_play_and_labels_without_names(subjects):
         drive.toggle_play()
     assert not drive.playing
     drive.c01_frame.value = 3
+    drive._frame_changed()  # the viewer's callback on the Frame slider: the sliders show the frame, source stays
+    assert drive.c00_source.value == TRACKED and drive.values().expression.tolist() == [3.0, 3.0]
+    drive._manual_changed()  # the callbacks of those programmatic changes do not switch to manual
+    assert drive.c00_source.value == TRACKED
+    getattr(drive, drive.expression_attr(0)).value = 1.0
+    drive._manual_changed()  # a user's change does
+    assert drive.c00_source.value == MANUAL
+    drive.c01_frame.value = 2
     drive.reset_to_frame()
-    assert drive.c00_source.value == MANUAL and drive.values().expression.tolist() == [3.0, 3.0]
+    assert drive.values().expression.tolist() == [2.0, 2.0]
 
 
 def test_official_style_model_without_names_gets_numbered_labels(flame_path, tmp_path):

@@ -143,18 +143,19 @@ class ViewerPage:
         return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
     def viewport(self) -> np.ndarray:
-        """The 3-D viewport (the page left of the control panel, below the title bar) as RGB uint8."""
+        """The 3-D viewport left of the control panel, below the title bar, as RGB uint8."""
         from selenium.webdriver.common.by import By
 
-        canvas = self.driver.find_element(By.TAG_NAME, "canvas")
-        r = canvas.rect
+        r = self.driver.find_element(By.TAG_NAME, "canvas").rect
+        panel = self.driver.find_element(By.XPATH, "//*[normalize-space(text())='Connected']").rect
         ratio = float(self.driver.execute_script("return window.devicePixelRatio") or 1.0)
         img = self.screenshot()
+        right = min(r["x"] + r["width"], panel["x"] - 40)  # the panel's edge, left of its 'Connected' status
         x0, y0 = int(r["x"] * ratio), int(r["y"] * ratio)
-        x1, y1 = int((r["x"] + r["width"]) * ratio), int((r["y"] + r["height"]) * ratio)
+        x1, y1 = int(right * ratio), int((r["y"] + r["height"]) * ratio)
         return img[y0:y1, x0:x1]
 
-    def steady_viewport(self, timeout: float = 90.0, settle: float = 2.0, tol: float = 0.5) -> np.ndarray:
+    def steady_viewport(self, timeout: float = 90.0, settle: float = 1.5, tol: float = 0.3) -> np.ndarray:
         """The viewport once it stops changing (the render has reached full resolution)."""
         deadline = time.monotonic() + timeout
         last = self.viewport()

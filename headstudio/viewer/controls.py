@@ -61,7 +61,7 @@ class DriveControls(nn.Module):
             hint="Render a tracked frame, or the manual controls below (moving one switches to manual)",
         )  # fmt: skip
         self.c01_frame = ViewerSlider(
-            "Frame", default_frame, 0, num_frames - 1, 1,
+            "Frame", default_frame, 0, num_frames - 1, 1, cb_hook=self._frame_changed,
             hint="Tracked frame rendered (tracked source), or the frame the manual controls start from",
         )  # fmt: skip
         self.c02_play = ViewerButton("Play / Pause", cb_hook=lambda _: self.toggle_play())
@@ -108,9 +108,23 @@ class DriveControls(nn.Module):
         return (self.manual, self.frame, *(float(s.value) for s in sliders))
 
     # ------------------------------------------------------------------ callbacks
+    def _frame_changed(self, _element=None) -> None:
+        if not self.manual:  # the manual controls show the tracked frame, so manual starts from it
+            self.reset_to_frame(switch=False)
+
     def _manual_changed(self, _element=None) -> None:
-        if not self.manual:
+        if not self.manual and not self.matches_frame():  # a user's change, not the frame's values arriving
             self.c00_source.value = MANUAL
+
+    def matches_frame(self) -> bool:
+        """Whether the manual controls hold the current frame's values (within half a slider step)."""
+        expression, pose = self._frame_state(self.frame)
+        ref, now = drive_values_of(expression, pose, self.num_expression_controls), self.values()
+        for attr, _, name, low, high in POSE_CONTROLS:
+            if abs(min(max(getattr(ref, name), low), high) - getattr(now, name)) > 0.005:
+                return False
+        target = ref.expression.clamp(-EXPRESSION_RANGE, EXPRESSION_RANGE)
+        return bool((target - now.expression).abs().max() <= 0.025) if len(target) else True
 
     def reset_to_frame(self, switch: bool = True) -> None:
         """Copy the current frame's values into the manual controls (and render them)."""
