@@ -1,0 +1,82 @@
+"""hs-render: self- and cross-reenactment and turntable videos of a trained tiny run, and their bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from headstudio.data.synth.subject import SubjectConfig, make_subject
+from headstudio.utils.video import read_video, write_video
+from tests.conftest import TINY, run_cli
+
+from headstudio.scripts import render as scripts_render
+
+
+def test_slices_and_neutral_frame():
+    frames = list(range(10))
+    assert scripts_render.parse_slice("2:5", frames) == [2, 3, 4]
+    assert scripts_render.parse_slice(":3", frames) == [0, 1, 2] and scripts_render.parse_slice("::4", frames) == [0, 4, 8]
+    assert scripts_render.parse_slice(None, frames) == frames and scripts_render.parse_slice("7", frames) == [7]
+    for bad in ("12:20", "x", "1:2:0", "3:3"):
+        with pytest.raises(ValueError, match="--frames"):
+            scripts_render.parse_slice(bad, frames)
+    expr, pose = torch.ones(4, 3), torch.zeros(4, 15)
+    expr[2] = 0.1
+    pose[1, 6] = 0.0
+    assert scripts_render.neutral_frame(expr, pose) == 2
+
+
+def test_video_writer_round_trip(tmp_path):
+    frames = np.zeros((5, 33, 41, 3), np.uint8)
+    for k in range(5):
+        frames[k, :, : 8 * (k + 1)] = 200
+    write_video(tmp_path / "v.mp4", frames, 10)
+    back = read_video(tmp_path / "v.mp4")
+    assert back.shape == (5, 32, 40, 3)  # even sizes for H.264
+    assert np.abs(back.astype(float) - frames[:, :32, :40]).mean() < 6
+    write_video(tmp_path / "v.gif", frames, 10)
+    assert (tmp_path / "v.gif").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.gif", "v.mp4"]  # no temporary files left
+    with pytest.raises(ValueError, match="mp4 or .gif"):
+        write_video(tmp_path / "v.avi", frames, 10)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    """Another identity with fewer expression coefficients than the avatar's 50."""
+    out = tmp_path_factory.mktemp("driver") / "drv"
+    make_subject(out, SubjectConfig(seed=3, num_expression=20, **TINY))
+    return out
+
+
+@pytest.mark.e2e
+def test_hs_render_self_cross_and_turntable(trained, driver, tmp_path):
+    config = trained("tensorf-local-deform")
+    res = run_cli("hs-render", "self", "--load-config", config, "--frames", "0:5", "--output", tmp_path / "self.mp4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    video = read_video(tmp_path / "self.mp4")
+    assert video.shape[0] == 5 and video.shape[2] == 2 * video.shape[1]  # ground truth | render, 64 px each
+    truth = video[:, :, :64].astype(float)
+    assert truth.std() > 10  # the ground-truth half shows the subject, not a blank
+    res = run_cli("hs-render", "cross", "--load-config", config, "--driver", driver, "--frames", "0:5",
+                  "--resolution", "48", "--output", tmp_path / "cross.mp4")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = " ".join((res.stdout + res.stderr).split())
+    assert "the driver has 20 expression coefficients and the avatar 50" in text
+    video = read_video(tmp_path / "cross.mp4")
+    assert video.shape[:3] == (5, 48, 96)  # driver | render at 48 px
+    assert np.abs(np.diff(video[:, :, 48:].astype(float), axis=0)).mean() > 0.05  # the driven face moves
+    res = run_cli("hs-render", "turntable", "--load-config", config, "--num-views", "6", "--output", tmp_path / "turn.gif")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "6 frames" in res.stdout
+    # Bad input: one line, exit 1, nothing written.
+    res = run_cli("hs-render", "self", "--load-config", config, "--frames", "100:120", "--output", tmp_path / "bad.mp4")
+    assert res.returncode == 1 and "--frames '100:120': no frame in range" in " ".join(res.stdout.split())
+    broken = tmp_path / "broken"
+    (broken / "seq").mkdir(parents=True)
+    (broken / "seq" / "flame_params.json").write_text("{not json")
+    res = run_cli("hs-render", "cross", "--load-config", config, "--driver", broken, "--output", tmp_path / "bad.mp4")
+    assert res.returncode == 1 and "flame_params.json" in res.stdout and "Traceback" not in res.stdout + res.stderr
+    assert not (tmp_path / "bad.mp4").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files
