@@ -15,11 +15,14 @@ reader repeats frame 1 as frame 0, so one more frame is tracked.)
    its own length); the wall time gives frames per minute (paper: 1.2 on a GPU; MICA 2, IMavatar 0.4).
 3. Where the time goes: 10 training steps of the full variant in this process under torch's
    profiler, by the model's labelled parts.
-4. Geometry of every ``--eval-every``-th tracked frame, mesh by marching cubes at
+4. Geometry of every ``--eval-every``-th tracked frame (meshes and true meshes written as PLY under
+   ``<work-dir>/meshes/``), mesh by marching cubes at
    ``--resolution``: against the back-projected depth (MonoNPHM §5.1: face region, similarity
    ICP, L1-Chamfer, normal consistency, Recall@2.5 mm) and against the ground-truth mesh (no
    ICP; area samples of the whole head's face region as ground truth), for each variant and for
    the input FLAME tracking (the baseline row, as the paper's FLAME-based rows).
+5. Expression following: each frame's mesh against every evaluated frame's true mesh; the margin by
+   which its own frame's is nearer (mm), and the share of frames whose nearest true mesh is their own.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def profile_steps(config: Path, steps: int = 10) -> dict[str, float]:
     return out
 
 
-def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = False) -> dict[str, float]:
+def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = False, save: Path | None = None) -> dict[str, float]:
     """Mean metrics over every --eval-every-th tracked frame: against depth and against the GT mesh."""
     from nerfstudio.utils.eval_utils import eval_setup
 
@@ -128,6 +131,7 @@ def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = 
     image_of_frame = {int(f): i for i, f in enumerate(ds.cameras.metadata["frame_index"].reshape(-1))}
     tracked = model.tracked_frames[:: args.eval_every]
     gt_cache: dict[str, dict] = {}
+    meshes, gts = [], []
     for frame in tracked:
         i = image_of_frame[frame]
         if flame:
@@ -157,10 +161,27 @@ def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = 
                            torch.as_tensor(gt["expression"][k : k + 1], dtype=torch.float32),
                            torch.as_tensor(pose[None], dtype=torch.float32), world_scale=world_scale)  # fmt: skip
         gt_verts = track.vertices[0].cpu().numpy()
+        meshes.append((verts, faces))
+        gts.append(gt_verts)
+        if save is not None:  # for looking at them (PLY)
+            from headstudio.export.ply import write_ply
+
+            write_ply(save / f"frame_{frame:05d}.ply", np.asarray(verts, np.float32), np.asarray(faces))
+            write_ply(save / f"gt_{frame:05d}.ply", gt_verts.astype(np.float32), model.subject.faces.cpu().numpy())
         rows["gt"].append(mesh_geometry(verts, faces, gt_verts, model.subject.faces.cpu().numpy(), 0.0025, 1.0 / world_scale,
                                         num_points=50_000, gt_faces_kept=face_region_faces(model)))  # fmt: skip
+    # Expression following: is each frame's mesh closer to its own frame's true mesh than to the other frames'?
+    n = len(meshes)
+    dist = np.zeros((n, n))
+    for i, (verts, faces) in enumerate(meshes):
+        for j, gt_verts in enumerate(gts):
+            dist[i, j] = mesh_geometry(verts, faces, gt_verts, model.subject.faces.cpu().numpy(), 0.0025, 1.0 / world_scale,
+                                       num_points=20_000, gt_faces_kept=face_region_faces(model)).chamfer_l1_m  # fmt: skip
+    off = [(dist[i].sum() - dist[i, i]) / max(n - 1, 1) - dist[i, i] for i in range(n)]
     mean = lambda key, rs: float(np.mean([getattr(r, key) for r in rs]))  # noqa: E731
     return {
+        "following_margin_m": float(np.mean(off)),
+        "following_matched": float(np.mean([int(np.argmin(dist[i])) == i for i in range(n)])),
         **{f"depth_{k}": mean(k, rows["depth"]) for k in ("chamfer_l1_m", "chamfer_manhattan_m", "normal_consistency", "recall")},
         **{f"gt_{k}": mean(k, rows["gt"]) for k in ("chamfer_l1_m", "normal_consistency", "recall")},
         "frames": len(tracked),
@@ -199,9 +220,9 @@ def main() -> None:
         config, seconds, steps = track(subject, variant, args, root, num_images)
         timing[variant] = (seconds, steps)
         print(f"{variant}: {steps} steps in {seconds:.0f} s ({config})", flush=True)
-        results[variant] = geometry(config, args)
+        results[variant] = geometry(config, args, save=root / "meshes" / variant)
         if variant == "full":
-            results["FLAME tracking (input)"] = geometry(config, args, flame=True)
+            results["FLAME tracking (input)"] = geometry(config, args, flame=True, save=root / "meshes" / "flame")
             parts = profile_steps(config)
     print("\nSpeed (ns-train wall time over the whole schedule, this CPU):\n")
     print("| variant | steps | wall time | s/step | frames/min |")
@@ -223,6 +244,12 @@ def main() -> None:
         print(f"| {name} | {r['depth_chamfer_l1_m']:.4f} | {r['depth_chamfer_manhattan_m']:.4f} | {r['depth_normal_consistency']:.3f} | "
               f"{r['depth_recall']:.3f} | {r['gt_chamfer_l1_m']:.4f} | {r['gt_normal_consistency']:.3f} | {r['gt_recall']:.3f} |")  # fmt: skip
     print("| MonoNPHM, paper (real Kinect, Table 1) | | 0.0024 | 0.940 | 0.785 | | | |")
+    print("\nExpression following (GT-mesh L1-Chamfer of each frame's mesh to the other frames' true meshes minus to its own;"
+          " matched: share of frames whose nearest true mesh is their own):\n")
+    print("| method | margin (mm) | matched |")
+    print("|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {1000 * r['following_margin_m']:.2f} | {r['following_matched']:.2f} ({r['frames']} frames) |")
 
 
 if __name__ == "__main__":

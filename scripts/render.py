@@ -198,8 +198,8 @@ def read_driver(path: Path) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
 class CrossReenactment(_Common):
     """Another subject's expressions, jaw, neck and eyes driving this avatar: driver | render."""
 
-    driver: Path = Path("driver")
-    """The driving subject: a folder in any layout the dataparser reads (or its flame_params.json)."""
+    driver: Optional[Path] = None
+    """The driving subject (required): a folder in any layout the dataparser reads (or its flame_params.json)."""
     frames: Optional[str] = None
     """The driver's frame indices a:b (b excluded; default: all)."""
     neutral_frame: Optional[int] = None
@@ -212,6 +212,8 @@ class CrossReenactment(_Common):
     kind = "cross"
 
     def main(self) -> None:
+        if self.driver is None:
+            raise ValueError("--driver is required: the subject folder (or flame_params.json) whose tracking drives the avatar")
         expression, pose, frames = read_driver(self.driver)
         chosen = parse_slice(self.frames, frames)
         pipeline = self.setup()

@@ -42,6 +42,21 @@ def test_video_writer_round_trip(tmp_path):
         write_video(tmp_path / "v.avi", frames, 10)
 
 
+def test_a_driver_that_does_not_parse_is_one_line(tmp_path):
+    from headstudio.data.errors import DataError
+
+    broken = tmp_path / "broken"
+    (broken / "seq").mkdir(parents=True)
+    (broken / "seq" / "flame_params.json").write_text("{not json")
+    with pytest.raises(DataError, match="flame_params.json") as info:
+        scripts_render.read_driver(broken)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="no such driver"):
+        scripts_render.read_driver(tmp_path / "missing")
+    with pytest.raises(ValueError, match="--driver is required"):
+        scripts_render.CrossReenactment(load_config=tmp_path / "config.yml").main()
+
+
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     """Another identity with fewer expression coefficients than the avatar's 50."""
@@ -73,10 +88,5 @@ def test_hs_render_self_cross_and_turntable(trained, driver, tmp_path):
     # Bad input: one line, exit 1, nothing written.
     res = run_cli("hs-render", "self", "--load-config", config, "--frames", "100:120", "--output", tmp_path / "bad.mp4")
     assert res.returncode == 1 and "--frames '100:120': no frame in range" in " ".join(res.stdout.split())
-    broken = tmp_path / "broken"
-    (broken / "seq").mkdir(parents=True)
-    (broken / "seq" / "flame_params.json").write_text("{not json")
-    res = run_cli("hs-render", "cross", "--load-config", config, "--driver", broken, "--output", tmp_path / "bad.mp4")
-    assert res.returncode == 1 and "flame_params.json" in res.stdout and "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "bad.mp4").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files
