@@ -62,15 +62,15 @@ class SubjectState(nn.Module):
         self._num_frames = expression.shape[0]
         self.driven_frame = self._num_frames
         """Index of the driven row (one past the subject's frames)."""
-        first = int(sorted(int(i) for i in table["split"]["train"])[0])
+        self.train_frames = sorted(int(i) for i in table["split"]["train"])
+        self.default_frame = self.train_frames[0]
+        first = self.default_frame  # the driven row starts as a copy of the first training frame
         expression = torch.cat([expression, expression[first : first + 1]])
         pose = torch.cat([pose, pose[first : first + 1]])
         self.track = FlameTrack(flame, shape, expression, pose, world_scale=float(metadata.get("world_scale", 4.0)))
         neutral = self.track.evaluate(expression[:1] * 0, pose[:1] * 0)
         self.register_buffer("canonical_vertices", neutral.vertices[0], persistent=False)
         self.register_buffer("canonical_landmarks", neutral.landmarks[0], persistent=False)
-        self.train_frames = sorted(int(i) for i in table["split"]["train"])
-        self.default_frame = self.train_frames[0]
         self.fixed_frame: Optional[int] = None
         self._listeners: List[Callable[[int, int], None]] = []
         self._applied_key: tuple = ()
