@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import tyro
@@ -143,8 +143,9 @@ def parse_vector(text: Optional[str], size: int, flag: str) -> torch.Tensor:
 SUBCOMMANDS = {"mesh": Mesh}
 
 
-def entrypoint() -> None:
-    argv = sys.argv[1:]
+def entrypoint(argv: Optional[Sequence[str]] = None) -> None:
+    """The console script; ``argv`` (default: the command line's arguments) lets tests run it in-process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         names = "|".join(SUBCOMMANDS)
         if argv and argv[0] in ("-h", "--help"):

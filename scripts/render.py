@@ -30,7 +30,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -317,8 +317,9 @@ class Turntable(_Common):
 SUBCOMMANDS = {"self": SelfReenactment, "cross": CrossReenactment, "turntable": Turntable}
 
 
-def entrypoint() -> None:
-    argv = sys.argv[1:]
+def entrypoint(argv: Optional[Sequence[str]] = None) -> None:
+    """The console script; ``argv`` (default: the command line's arguments) lets tests run it in-process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         if argv and argv[0] in ("-h", "--help"):
             console.print(__doc__)

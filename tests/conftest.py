@@ -74,6 +74,54 @@ def run_cli(*args: str | os.PathLike, timeout: float = 600, env: dict | None = N
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def _cli_functions() -> dict[str, Callable[[list[str]], None]]:
+    import tyro
+    from nerfstudio.scripts import eval as ns_eval
+    from nerfstudio.scripts import exporter as ns_exporter
+
+    from headstudio.scripts import export as hs_export
+    from headstudio.scripts import render as hs_render
+
+    return {
+        "ns-eval": lambda argv: tyro.cli(ns_eval.ComputePSNR, args=argv).main(),
+        "ns-export": lambda argv: tyro.cli(ns_exporter.Commands, args=argv).main(),
+        "hs-export": hs_export.entrypoint,
+        "hs-render": hs_render.entrypoint,
+    }
+
+
+def run_in_process(*args: str | os.PathLike, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``run_cli`` for ``ns-eval``, ``ns-export``, ``hs-export`` and ``hs-render``, through the same entry
+    functions in this process: no interpreter start, and no second pass of nerfstudio's method discovery
+    (its ``ExternalMethod`` calls ``inspect.stack()``: about 9 s of every ``ns-*`` process here). Output is
+    captured; an exit becomes the return code. The console scripts themselves stay tested in subprocesses
+    (ns-train, the resume test, the browser test)."""
+    import contextlib
+    import io
+
+    name, *argv = [str(a) for a in args]
+    function = _cli_functions()[name]
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    code = 0
+    try:
+        os.environ.update(env or {})
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                function(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess([name, *argv], code, out.getvalue(), err.getvalue())
+
+
 def ns_train_args(method: str, data: Path, output_dir: Path, extra: Sequence[str] = ()) -> list[str]:
     """``ns-train`` arguments of the shared tiny run of ``method`` (``extra`` override FAST)."""
     return ["ns-train", method, *COMMON, *FAST[method], *extra, "--output-dir", str(output_dir), "--data", str(data)]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import BIN, ns_train_args, run_cli
+from tests.conftest import BIN, ns_train_args, run_cli, run_in_process
 from headstudio.export.ply import read_ply
 
 METHODS = ("tensorf-local-deform", "rignerf-star", "imavatar-surface")
@@ -45,7 +45,7 @@ def test_ns_train_checkpoint_loads_without_unsafe_pickles(trained, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_ns_eval_writes_both_protocols(trained, method, tmp_path):
     out = tmp_path / "eval.json"
-    res = run_cli("ns-eval", "--load-config", trained(method), "--output-path", out)
+    res = run_in_process("ns-eval", "--load-config", trained(method), "--output-path", out)
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
     for key in ("psnr", "ssim", "l1", "psnr_dagger", "ssim_dagger", "l1_dagger"):
@@ -100,10 +100,10 @@ def test_hs_export_writes_per_frame_meshes_of_the_head(trained, method, tmp_path
     values = density_grid(lambda x: pipeline.model.observed_density(x, 2), pipeline.model.scene_box.aabb, 24)
     level = 0.5 * (values.min() + values.max())
     args = ("hs-export", "mesh", "--load-config", config, "--frames", "0,2", "--resolution", "32", "--level", f"{level:.6f}")
-    res = run_cli(*args, "--output-dir", tmp_path / "head")
+    res = run_in_process(*args, "--output-dir", tmp_path / "head")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "connected components" in res.stdout
-    res = run_cli(*args, "--output-dir", tmp_path / "all", "--keep-all-components")
+    res = run_in_process(*args, "--output-dir", tmp_path / "all", "--keep-all-components")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     for frame in (0, 2):
         verts, faces = read_ply(tmp_path / "head" / f"frame_{frame:05d}.ply")
@@ -115,13 +115,13 @@ def test_hs_export_writes_per_frame_meshes_of_the_head(trained, method, tmp_path
 @pytest.mark.e2e
 def test_hs_export_moves_the_canonical_surface(trained, tmp_path):
     config = trained("imavatar-surface")
-    res = run_cli("hs-export", "mesh", "--load-config", config, "--frames", "0,1", "--resolution", "40",
+    res = run_in_process("hs-export", "mesh", "--load-config", config, "--frames", "0,1", "--resolution", "40",
                   "--output-dir", tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     canon, faces = read_ply(tmp_path / "canonical.ply")
     frame0, faces0 = read_ply(tmp_path / "frame_00000.ply")
     assert len(canon) > 0 and len(canon) == len(frame0) and np.array_equal(faces, faces0)
-    res = run_cli("hs-export", "mesh", "--load-config", config, "--expression", "3.0", "--pose", "0,0,0,0,0,0,0.4",
+    res = run_in_process("hs-export", "mesh", "--load-config", config, "--expression", "3.0", "--pose", "0,0,0,0,0,0,0.4",
                   "--resolution", "40", "--output-dir", tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     moved, _ = read_ply(tmp_path / "explicit.ply")
@@ -136,7 +136,7 @@ def test_ns_export_tsdf_runs_on_cpu(trained, method, tmp_path):
         import open3d  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"open3d does not import ({exc}): install the system library libusb-1.0-0")
-    res = run_cli("ns-export", "tsdf", "--load-config", trained(method), "--output-dir", tmp_path,
+    res = run_in_process("ns-export", "tsdf", "--load-config", trained(method), "--output-dir", tmp_path,
                   "--resolution", "32", "--batch-size", "2", "--texture-method", "tsdf", "--target-num-faces", "None",
                   env={"HEADSTUDIO_FRAME": "1"})  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -12,7 +12,7 @@ import torch
 from headstudio.engine.tracking_schedule import TrackingSchedule, TrackingScheduleConfig
 from headstudio.rendering.neus import alpha_weights, inverse_std, neus_alpha, neus_weights, upsample
 from headstudio.rendering.sh import sh_basis, sh_shading, uniform_light
-from tests.conftest import COMMON, run_cli
+from tests.conftest import COMMON, run_cli, run_in_process
 
 
 # ---------------------------------------------------------------- NeuS
@@ -209,12 +209,12 @@ def test_ns_train_eval_and_export_on_a_tiny_kinect_sequence(tiny_prior, subjects
     (config,) = out.rglob("config.yml")
     ckpts = list(config.parent.glob("nerfstudio_models/*.ckpt"))
     assert ckpts
-    res = run_cli("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
+    res = run_in_process("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((tmp_path / "eval.json").read_text())["results"]
     for key in ("psnr", "psnr_dagger", "ssim", "chamfer_l1_m", "recall_2.5mm"):
         assert key in results, sorted(results)
-    res = run_cli("hs-export", "mesh", "--load-config", str(config), "--frames", "0,2", "--resolution", "40",
+    res = run_in_process("hs-export", "mesh", "--load-config", str(config), "--frames", "0,2", "--resolution", "40",
                   "--output-dir", str(tmp_path / "meshes"))  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     from headstudio.export.ply import read_ply

