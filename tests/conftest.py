@@ -3,7 +3,7 @@ command-line runs, and each method trained once per session (shared by the eval,
 resume and viewer tests).
 
 ``python -m pytest tests -m "not e2e"`` is the fast inner loop: it skips every test that
-runs a command in a subprocess.
+runs a command (in a subprocess, or through its entry function with ``run_in_process``) on a trained run.
 """
 
 from __future__ import annotations
