@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--load-config", type=Path, required=True)
     ap.add_argument("--output", type=Path, default=Path("docs/viewer_drive.png"))
     ap.add_argument("--max-res", type=int, default=256)
+    ap.add_argument("--settle", type=float, default=8.0, help="seconds without change that count as a finished render (a CPU render at 256 px takes several)")
     ap.add_argument("--frame-end", action="store_true", help="move the Frame slider to the last frame first")
     ap.add_argument("--jaw-steps", type=int, default=30, help="arrow-key steps of 0.01 rad on 'jaw open'")
     ap.add_argument("--expression", default="smile left", help="an expression slider moved to its end")
@@ -38,10 +39,10 @@ def main() -> None:
         try:
             page.wait_for_text(["jaw open (rad)"])
             page.set_number("Max res", args.max_res)
-            page.steady_viewport(timeout=300)
+            page.steady_viewport(timeout=300, settle=args.settle)
             if args.frame_end:
                 page.slider_to_end("Frame")
-                page.steady_viewport(timeout=300)
+                page.steady_viewport(timeout=300, settle=args.settle)
             from selenium.webdriver.common.by import By
             from selenium.webdriver.common.keys import Keys
 
@@ -51,7 +52,11 @@ def main() -> None:
             if args.expression:
                 page.slider_to_end(args.expression)
             time.sleep(3)
-            page.steady_viewport(timeout=300)
+            page.steady_viewport(timeout=300, settle=args.settle)
+            # A re-render request at the full resolution (nerfstudio's "rerender": low_static, then high).
+            page.set_number("Max res", args.max_res + 1)
+            time.sleep(3)
+            page.steady_viewport(timeout=300, settle=args.settle)
             args.output.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(page.screenshot()).save(args.output)
             print(f"{args.output}: written after {time.monotonic() - t0:.1f} s")

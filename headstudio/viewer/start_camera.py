@@ -69,10 +69,26 @@ class StartAtTrainingCamera(ViewerControl):
             client.camera.look_at = look_at
             client.camera.wxyz = wxyz
         viewer = self.viewer
+        # A client can connect while the viewer is still adding the frustums (init_scene loads each camera's
+        # image): wait until they are all there, else the late ones would stay visible.
+        expected = _expected_frustums(viewer)
+        deadline = time.monotonic() + 120.0
+        while len(getattr(viewer, "camera_handles", {})) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
         if not self._hid_cameras and getattr(viewer, "hide_images", None) is not None and viewer.hide_images.visible:
             self._hid_cameras = True
             viewer.set_camera_visibility(False)
             viewer.toggle_cameravis_button()
+
+
+def _expected_frustums(viewer) -> int:
+    """How many training-camera frustums nerfstudio's viewer draws (0 if it cannot tell)."""
+    try:
+        total = len(viewer.pipeline.datamanager.train_dataset)
+        limit = int(viewer.config.max_num_display_images)
+    except (AttributeError, TypeError):
+        return 0
+    return total if limit < 0 else min(limit, total)
 
 
 def vertical_fov(fy: float, height: float) -> float:
