@@ -53,10 +53,9 @@ def main() -> None:
                 page.slider_to_end(args.expression)
             time.sleep(3)
             page.steady_viewport(timeout=300, settle=args.settle)
-            # A re-render request at the full resolution (nerfstudio's "rerender": low_static, then high).
-            page.set_number("Max res", args.max_res + 1)
-            time.sleep(3)
-            page.steady_viewport(timeout=300, settle=args.settle)
+            # Wait for the render at Max res itself: on a CPU it takes tens of seconds, with coarse previews
+            # (47x30 px here) shown meanwhile, which an unchanged picture cannot tell from the final one.
+            page.wait_for_full_resolution(args.max_res)
             args.output.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(page.screenshot()).save(args.output)
             print(f"{args.output}: written after {time.monotonic() - t0:.1f} s")

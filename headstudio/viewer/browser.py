@@ -155,6 +155,25 @@ class ViewerPage:
         x1, y1 = int(right * ratio), int((r["y"] + r["height"]) * ratio)
         return img[y0:y1, x0:x1]
 
+    def rendered_resolution(self) -> tuple[int, int]:
+        """(width, height) of the last finished render, from the panel's 'Resolution: WxHpx' line ((0, 0) if absent)."""
+        import re
+
+        from selenium.webdriver.common.by import By
+
+        match = re.search(r"Resolution:\s*(\d+)x(\d+)px", self.driver.find_element(By.TAG_NAME, "body").text)
+        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+    def wait_for_full_resolution(self, max_res: int, timeout: float = 600.0) -> np.ndarray:
+        """The viewport once a render at ``max_res`` (its long side) has finished: on a CPU a full render takes
+        seconds to minutes (nerfstudio shows coarse previews meanwhile, so an unchanged picture is not enough)."""
+        deadline = time.monotonic() + timeout
+        while max(self.rendered_resolution()) < max_res - 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no render at {max_res} px within {timeout:.0f} s (last: {self.rendered_resolution()})")
+            time.sleep(1.0)
+        return self.steady_viewport()
+
     def steady_viewport(self, timeout: float = 90.0, settle: float = 1.5, tol: float = 0.3) -> np.ndarray:
         """The viewport once it stops changing (the render has reached full resolution)."""
         deadline = time.monotonic() + timeout
