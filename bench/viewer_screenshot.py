@@ -24,7 +24,6 @@ def main() -> None:
     ap.add_argument("--load-config", type=Path, required=True)
     ap.add_argument("--output", type=Path, default=Path("docs/viewer_drive.png"))
     ap.add_argument("--max-res", type=int, default=256)
-    ap.add_argument("--settle", type=float, default=8.0, help="seconds without change that count as a finished render (a CPU render at 256 px takes several)")
     ap.add_argument("--frame-end", action="store_true", help="move the Frame slider to the last frame first")
     ap.add_argument("--jaw-steps", type=int, default=30, help="arrow-key steps of 0.01 rad on 'jaw open'")
     ap.add_argument("--expression", default="smile left", help="an expression slider moved to its end")
@@ -39,10 +38,10 @@ def main() -> None:
         try:
             page.wait_for_text(["jaw open (rad)"])
             page.set_number("Max res", args.max_res)
-            page.steady_viewport(timeout=300, settle=args.settle)
+            page.steady_viewport(timeout=300)
             if args.frame_end:
                 page.slider_to_end("Frame")
-                page.steady_viewport(timeout=300, settle=args.settle)
+                page.steady_viewport(timeout=300)
             from selenium.webdriver.common.by import By
             from selenium.webdriver.common.keys import Keys
 
@@ -52,7 +51,7 @@ def main() -> None:
             if args.expression:
                 page.slider_to_end(args.expression)
             time.sleep(3)
-            page.steady_viewport(timeout=300, settle=args.settle)
+            page.steady_viewport(timeout=300)
             # Wait for the render at Max res itself: on a CPU it takes tens of seconds, with coarse previews
             # (47x30 px here) shown meanwhile, which an unchanged picture cannot tell from the final one.
             page.wait_for_full_resolution(args.max_res)

@@ -90,3 +90,13 @@ def test_hs_render_self_cross_and_turntable(trained, driver, tmp_path):
     assert res.returncode == 1 and "--frames '100:120': no frame in range" in " ".join(res.stdout.split())
     assert not (tmp_path / "bad.mp4").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("script", ["hs-render", "hs-export"])
+def test_console_script_is_wired(script):
+    """The installed console script reaches its entry function (the tests above call that function in-process)."""
+    res = run_cli(script, "--help")
+    assert res.returncode == 0 and f"{script}:" in res.stdout
+    res = run_cli(script, "no-such-subcommand")
+    assert res.returncode == 2 and "usage:" in res.stdout
