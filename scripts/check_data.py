@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Tuple
+from typing import Annotated, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import tyro
@@ -128,8 +128,9 @@ class CheckData:
         return 0
 
 
-def entrypoint() -> None:
-    sys.exit(tyro.cli(CheckData, description=__doc__).main())
+def entrypoint(argv: Optional[Sequence[str]] = None) -> None:
+    """The console script; ``argv`` (default: the command line's arguments) lets tests run it in-process."""
+    sys.exit(tyro.cli(CheckData, description=__doc__, args=argv).main())
 
 
 if __name__ == "__main__":

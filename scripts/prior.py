@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional, Tuple
+from typing import Annotated, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -162,8 +162,9 @@ Commands = (
 )
 
 
-def entrypoint() -> None:
-    cmd = tyro.cli(Commands, description=__doc__)
+def entrypoint(argv: Optional[Sequence[str]] = None) -> None:
+    """The console script; ``argv`` (default: the command line's arguments) lets tests run it in-process."""
+    cmd = tyro.cli(Commands, description=__doc__, args=argv)
     try:
         cmd.main()
     except (DataError, ValueError, OSError) as exc:

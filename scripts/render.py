@@ -128,7 +128,7 @@ class _Common:
         path = self.out_path()
         writer = write_video(path, frames, fps)
         h, w = frames[0].shape[:2]
-        console.print(f"{path}: {len(frames)} frames, {w}x{h}, {fps:g} fps ({writer})")
+        console.print(f"{path}: {len(frames)} frames, {w}x{h}, {fps:g} fps ({writer})", soft_wrap=True)
 
     @staticmethod
     def progress() -> Progress:

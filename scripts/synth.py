@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional, Sequence
 
 import tyro
 from rich.console import Console
@@ -89,9 +89,10 @@ Commands = (
 )
 
 
-def entrypoint() -> None:
-    """Console entry point: one-line errors and a non-zero exit on bad input."""
-    cmd = tyro.cli(Commands, description=__doc__)
+def entrypoint(argv: Optional[Sequence[str]] = None) -> None:
+    """Console entry point: one-line errors and a non-zero exit on bad input; ``argv`` (default: the command
+    line's arguments) lets tests run it in-process."""
+    cmd = tyro.cli(Commands, description=__doc__, args=argv)
     try:
         cmd.main()
     except (FileExistsError, ValueError, OSError) as exc:

@@ -31,7 +31,7 @@ read in place, never copied into the project; the tests that need them skip when
 
 COMMON = [
     "--machine.device-type", "cpu", "--vis", "tensorboard", "--steps-per-save", "1000",
-    "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000",
+    "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000", "--logging.steps-per-log", "1",
 ]  # fmt: skip
 
 FAST: dict[str, list[str]] = {
@@ -61,6 +61,12 @@ FAST: dict[str, list[str]] = {
         # imavatar-surface fits no codes at test time by default (as the paper); switched on to test fitting.
         "--pipeline.test-time-steps", "2", "--pipeline.test-time-rays", "128",
     ],
+    "mononphm-track": [  # on the tiny Kinect sequence with the tiny prior (the ``trained`` fixture adds both)
+        "--max-num-iterations", "12", "--pipeline.datamanager.schedule.step-scale", "0.01",
+        "--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.model.num-coarse-samples", "8",
+        "--pipeline.model.num-importance-samples", "8", "--pipeline.test-time-steps", "2",
+        "--pipeline.test-time-rays", "64", "--pipeline.geometry-resolution", "32",
+    ],
 }  # fmt: skip
 """Per-method ``ns-train`` arguments of the tiny runs the end-to-end tests share."""
 
@@ -79,23 +85,29 @@ def _cli_functions() -> dict[str, Callable[[list[str]], None]]:
     from nerfstudio.scripts import eval as ns_eval
     from nerfstudio.scripts import exporter as ns_exporter
 
+    from headstudio.scripts import check_data as hs_check_data
     from headstudio.scripts import export as hs_export
+    from headstudio.scripts import prior as hs_prior
     from headstudio.scripts import render as hs_render
+    from headstudio.scripts import synth as hs_synth
 
     return {
         "ns-eval": lambda argv: tyro.cli(ns_eval.ComputePSNR, args=argv).main(),
         "ns-export": lambda argv: tyro.cli(ns_exporter.Commands, args=argv).main(),
         "hs-export": hs_export.entrypoint,
         "hs-render": hs_render.entrypoint,
+        "hs-prior": hs_prior.entrypoint,
+        "hs-synth": hs_synth.entrypoint,
+        "hs-check-data": hs_check_data.entrypoint,
     }
 
 
 def run_in_process(*args: str | os.PathLike, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``run_cli`` for ``ns-eval``, ``ns-export``, ``hs-export`` and ``hs-render``, through the same entry
-    functions in this process: no interpreter start, and no second pass of nerfstudio's method discovery
-    (its ``ExternalMethod`` calls ``inspect.stack()``: about 9 s of every ``ns-*`` process here). Output is
-    captured; an exit becomes the return code. The console scripts themselves stay tested in subprocesses
-    (ns-train, the resume test, the browser test)."""
+    """``run_cli`` for ``ns-eval``, ``ns-export`` and the ``hs-*`` commands (but ``hs-track``'s), through the
+    same entry functions in this process: no interpreter start (torch's import: seconds), and no second pass
+    of nerfstudio's method discovery (its ``ExternalMethod`` calls ``inspect.stack()``: about 9 s of every
+    ``ns-*`` process here). Output is captured; an exit becomes the return code. The console scripts
+    themselves stay tested in subprocesses (ns-train, ns-viewer, ``tests/test_render.py``'s wiring test)."""
     import contextlib
     import io
 
@@ -207,19 +219,42 @@ def subjects(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def trained(subjects, tmp_path_factory) -> Callable[..., Path]:
-    """``trained(method, *extra_args)``: config.yml of ``method`` trained once per session on the tiny
-    IMavatar subject with the FAST arguments (plus ``extra_args``); later calls reuse the run."""
+def tiny_prior(tmp_path_factory) -> Path:
+    """A MonoNPHM prior checkpoint (``hs-prior train``'s format) with tiny networks, fitted in seconds to one
+    synthetic identity with two expressions: what ``mononphm-track`` runs need in the tests."""
+    from headstudio.data.scans import ScanSetConfig, make_scans, open_scan_set
+    from headstudio.prior.training import PriorTrainConfig, train_prior
+    from tests.test_prior_training import QUICK, TINY as TINY_PRIOR
+
+    root = tmp_path_factory.mktemp("prior")
+    make_scans(root / "scans", ScanSetConfig(identities=1, expressions=2, surface_points=1500, near_points=800,
+                                             corr_points=300, observed_only=False))  # fmt: skip
+    out = root / "prior.ckpt"
+    train_prior(open_scan_set(root / "scans"), PriorTrainConfig(epochs=25, **QUICK), out, save_every=25, sizes=TINY_PRIOR)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(subjects, tmp_path_factory, request) -> Callable[..., Path]:
+    """``trained(method, *extra_args)``: config.yml of ``method`` trained once per session with the FAST
+    arguments (plus ``extra_args``) on the tiny IMavatar subject (mononphm-track: on the tiny Kinect
+    sequence, with the tiny prior); later calls reuse the run. ``trained.stdout[config]``: ns-train's output."""
     runs: dict[tuple, Path] = {}
 
     def train(method: str, *extra: str) -> Path:
         key = (method, *extra)
         if key not in runs:
             out = tmp_path_factory.mktemp(f"run-{method}")
-            res = run_cli(*ns_train_args(method, subjects["imavatar"], out, extra))
+            data = subjects["imavatar"]
+            if method == "mononphm-track":
+                data = subjects["kinect"]
+                extra = ("--pipeline.model.prior", str(request.getfixturevalue("tiny_prior")), *extra)
+            res = run_cli(*ns_train_args(method, data, out, extra))
             assert res.returncode == 0, res.stderr[-3000:]
             (config,) = out.rglob("config.yml")
             runs[key] = config
+            train.stdout[config] = res.stdout
         return runs[key]
 
+    train.stdout = {}
     return train

@@ -171,16 +171,44 @@ RESUME = {
     # tensorf-local-deform: the kill comes after its grid upsampling (steps 2-7 at this schedule scale) and
     # alpha-mask updates, inside its pre-training (frozen deformation until step 15); the resumed run unfreezes.
     "tensorf-local-deform": ("--pipeline.model.schedule-scale", "0.001", "--pipeline.model.pretrain-iters", "15000"),
-    "rignerf-star": (),
-    "imavatar-surface": (),
 }
 
 
+def _resume(method: str, data: Path, ckpt: Path, extra: list, out: Path, steps: int = 6) -> Path:
+    """``ns-train ... --load-dir`` from ``ckpt``'s folder for ``steps`` more iterations; the resumed run's folder."""
+    res = run_cli("ns-train", method, *ns_train_args(method, data, out, extra)[2:-4], "--max-num-iterations",
+                  str(steps), "--load-dir", ckpt.parent, "--output-dir", out / "resumed", "--data", data)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    (resumed_dir,) = {p.parent for p in (out / "resumed").rglob("config.yml")}
+    return resumed_dir
+
+
+def _check_resumed(ckpt: Path, first: dict[int, float], resumed_dir: Path, steps: int = 6) -> None:
+    """The step continues after ``ckpt``, the loss does not return to its start, and the resumed model holds
+    the checkpoint's state (shapes, scheduler position)."""
+    last = int(ckpt.stem.split("-")[1])
+    second = _scalars(resumed_dir, "Train Loss")
+    assert min(second) == last + 1, sorted(second)  # the step continues after the checkpoint
+    start = np.mean([first[s] for s in sorted(first)[:3]])
+    before = np.mean([first[s] for s in sorted(first)[-3:]])
+    after = np.mean([second[s] for s in sorted(second)[:3]])
+    assert before < start and abs(after - before) < abs(after - start), (start, before, after)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    (final,) = (resumed_dir / "nerfstudio_models").glob("step-*.ckpt")
+    final_state = torch.load(final, map_location="cpu", weights_only=True)
+    assert final_state["step"] == last + steps
+    fields = "fields"  # a group whose optimizer is never rebuilt: its schedule continues from the checkpoint
+    assert final_state["schedulers"][fields]["last_epoch"] == state["schedulers"][fields]["last_epoch"] + steps
+    for key, value in state["pipeline"].items():
+        assert final_state["pipeline"][key].shape == value.shape, key  # e.g. the upsampled grid
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("method", METHODS)
-def test_resume_after_a_kill_continues_the_run(subjects, method, tmp_path):
+def test_resume_after_a_kill_continues_the_run(subjects, tmp_path):
     """ns-train killed after a checkpoint, then ``--load-dir``: the step continues, the state is the
-    checkpoint's (grid resolution, codes, optimizer), and the loss does not return to its start."""
+    checkpoint's (grid resolution, codes, optimizer), and the loss does not return to its start. Killed once,
+    on the method with the most step-dependent state; the others resume from their shared runs (below)."""
+    method = "tensorf-local-deform"
     save_at = 12
     extra = ["--max-num-iterations", "100000", "--steps-per-save", str(save_at), "--logging.steps-per-log", "1",
              "--save-only-latest-checkpoint", "False", *RESUME[method]]  # fmt: skip
@@ -199,28 +227,17 @@ def test_resume_after_a_kill_continues_the_run(subjects, method, tmp_path):
     proc.wait()
     assert ckpt is not None, proc.stderr.read().decode()[-3000:] if proc.stderr else "no checkpoint"
     ckpt = max(ckpt.parent.glob("step-*.ckpt"))  # the run may have saved again before the kill
-    last = int(ckpt.stem.split("-")[1])
-    run_dir = ckpt.parent.parent
-    first = _scalars(run_dir, "Train Loss")
+    first = _scalars(ckpt.parent.parent, "Train Loss")
     assert min(first) == 0 and max(first) >= save_at // 2  # the last events may die with the process
+    _check_resumed(ckpt, first, _resume(method, subjects["imavatar"], ckpt, extra, tmp_path))
 
-    res = run_cli("ns-train", method, *ns_train_args(method, subjects["imavatar"], tmp_path, extra)[2:-4],
-                  "--max-num-iterations", "6", "--load-dir", ckpt.parent, "--output-dir", tmp_path / "resumed",
-                  "--data", subjects["imavatar"])  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    (resumed_dir,) = {p.parent for p in (tmp_path / "resumed").rglob("config.yml")}
-    second = _scalars(resumed_dir, "Train Loss")
-    assert min(second) == last + 1, sorted(second)  # the step continues after the latest checkpoint
-    start = np.mean([first[s] for s in sorted(first)[:3]])
-    before_kill = np.mean([first[s] for s in sorted(first)[-3:]])
-    after = np.mean([second[s] for s in sorted(second)[:3]])
-    assert before_kill < start and abs(after - before_kill) < abs(after - start), (start, before_kill, after)
-    # The resumed model holds the checkpoint's state exactly.
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    (final,) = (resumed_dir / "nerfstudio_models").glob("step-*.ckpt")
-    final_state = torch.load(final, map_location="cpu", weights_only=True)
-    assert final_state["step"] == last + 6
-    fields = "fields"  # a group whose optimizer is never rebuilt: its schedule continues from the checkpoint
-    assert final_state["schedulers"][fields]["last_epoch"] == state["schedulers"][fields]["last_epoch"] + 6
-    for key, value in state["pipeline"].items():
-        assert final_state["pipeline"][key].shape == value.shape, key  # e.g. the upsampled grid
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["rignerf-star", "imavatar-surface"])
+def test_resume_from_the_shared_run_continues_it(trained, subjects, method, tmp_path):
+    """``--load-dir`` on the shared run's final checkpoint: the same continuity and state as after a kill."""
+    config = trained(method)
+    (ckpt,) = (config.parent / "nerfstudio_models").glob("step-*.ckpt")
+    first = _scalars(config.parent, "Train Loss")
+    assert len(first) >= 3, sorted(first)
+    _check_resumed(ckpt, first, _resume(method, subjects["imavatar"], ckpt, ["--logging.steps-per-log", "1"], tmp_path))

@@ -12,7 +12,7 @@ import torch
 from headstudio.engine.tracking_schedule import TrackingSchedule, TrackingScheduleConfig
 from headstudio.rendering.neus import alpha_weights, inverse_std, neus_alpha, neus_weights, upsample
 from headstudio.rendering.sh import sh_basis, sh_shading, uniform_light
-from tests.conftest import COMMON, run_cli, run_in_process
+from tests.conftest import run_in_process
 
 
 # ---------------------------------------------------------------- NeuS
@@ -87,20 +87,6 @@ def test_tracking_schedule_stages():
 
 
 # ---------------------------------------------------------------- a tiny prior and the model
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    from headstudio.data.scans import ScanSetConfig, make_scans, open_scan_set
-    from headstudio.prior.training import PriorTrainConfig, train_prior
-    from tests.test_prior_training import QUICK, TINY
-
-    root = tmp_path_factory.mktemp("prior")
-    make_scans(root / "scans", ScanSetConfig(identities=1, expressions=2, surface_points=1500, near_points=800,
-                                             corr_points=300, observed_only=False))  # fmt: skip
-    out = root / "prior.ckpt"
-    train_prior(open_scan_set(root / "scans"), PriorTrainConfig(epochs=25, **QUICK), out, save_every=25, sizes=TINY)
-    return out
-
-
 @pytest.fixture(scope="module")
 def pipeline(tiny_prior, subjects):
     import copy
@@ -187,26 +173,28 @@ def test_datamanager_serves_the_scheduled_frame_and_losses_backpropagate(pipelin
 
 
 def test_missing_prior_is_one_line(subjects, tmp_path):
-    res = run_cli("ns-train", "mononphm-track", *COMMON, "--max-num-iterations", "1", "--output-dir", str(tmp_path),
-                  "--data", str(subjects["kinect"]), "--pipeline.model.prior", str(tmp_path / "none.ckpt"))  # fmt: skip
-    assert res.returncode == 1
-    lines = res.stderr.strip().splitlines()
-    assert "none.ckpt: no such file" in lines[-1] and "hs-prior train" in lines[-1]
+    """The error names the flag and the file and says how to make a prior, in one line (ns-train prints a
+    DataError as that one line and exits 1: ``tests/test_dataparser.py`` runs it in a subprocess)."""
+    import copy
+
+    from headstudio.data.errors import DataError
+    from headstudio.method_configs.mononphm_track import mononphm_track
+
+    cfg = copy.deepcopy(mononphm_track.config)
+    cfg.pipeline.datamanager.data = cfg.pipeline.datamanager.dataparser.data = subjects["kinect"]
+    cfg.pipeline.model.prior = tmp_path / "none.ckpt"
+    with pytest.raises(DataError) as err:
+        cfg.pipeline.setup(device="cpu", test_mode="val")
+    message = str(err.value)
+    assert "\n" not in message and "--pipeline.model.prior" in message
+    assert "none.ckpt: no such file" in message and "hs-prior train" in message
 
 
 @pytest.mark.e2e
-def test_ns_train_eval_and_export_on_a_tiny_kinect_sequence(tiny_prior, subjects, tmp_path):
-    out = tmp_path / "runs"
-    res = run_cli(
-        "ns-train", "mononphm-track", *COMMON, "--max-num-iterations", "12", "--output-dir", str(out),
-        "--pipeline.model.prior", str(tiny_prior), "--pipeline.datamanager.schedule.step-scale", "0.01",
-        "--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.model.num-coarse-samples", "8",
-        "--pipeline.model.num-importance-samples", "8", "--pipeline.test-time-steps", "2",
-        "--pipeline.test-time-rays", "64", "--pipeline.geometry-resolution", "32", "--data", str(subjects["kinect"]),
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "mononphm-track schedule: first frame: steps 0-" in res.stdout.replace("\n", " ")
-    (config,) = out.rglob("config.yml")
+def test_ns_train_eval_and_export_on_a_tiny_kinect_sequence(trained, tmp_path):
+    config = trained("mononphm-track")  # the shared run (also the browser test's)
+    stdout = trained.stdout[config]
+    assert "mononphm-track schedule: first frame: steps 0-" in stdout.replace("\n", " ")
     ckpts = list(config.parent.glob("nerfstudio_models/*.ckpt"))
     assert ckpts
     res = run_in_process("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from headstudio.export.ply import read_ply
-from tests.conftest import run_cli
+from tests.conftest import run_in_process
 
 
 def hs_prior(*args):
-    return run_cli(sys.executable, "-m", "headstudio.scripts.prior", *args)
+    return run_in_process("hs-prior", *args)
 
 
 @pytest.mark.e2e

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import asdict
 
 import numpy as np
@@ -17,7 +16,7 @@ from headstudio.data.errors import DataError
 from headstudio.data.scans import FORMAT_NAME, FORMAT_VERSION, ScanSetConfig, load_scan, make_scans, open_scan_set
 from headstudio.flame.constants import WORLD_SCALE
 from headstudio.flame.model import FlameModel
-from tests.conftest import run_cli
+from tests.conftest import run_in_process
 
 CFG = ScanSetConfig(identities=2, expressions=3, surface_points=3000, near_points=2000, corr_points=1000)
 
@@ -296,7 +295,7 @@ def test_bad_config(tmp_path):
 
 
 def hs_synth(*args):
-    return run_cli(sys.executable, "-m", "headstudio.scripts.synth", *args)
+    return run_in_process("hs-synth", *args)
 
 
 TINY_CLI = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import cv2
 import numpy as np
@@ -13,7 +12,7 @@ import trimesh
 from headstudio.data.synth.layouts import DEPTH_SCALE, ibug68_to_wflw98
 from headstudio.data.synth.texture import L
 from headstudio.flame.model import FlameModel
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_in_process
 
 
 def read(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -216,7 +215,7 @@ def test_mouth_interior_and_teeth_show_when_the_jaw_opens(flame):
 
 
 def hs_synth(*args):
-    return run_cli(sys.executable, "-m", "headstudio.scripts.synth", *args)
+    return run_in_process("hs-synth", *args)
 
 
 @pytest.mark.e2e

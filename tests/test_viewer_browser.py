@@ -1,4 +1,8 @@
-"""The Drive panel in a real browser: ns-viewer on a trained tiny model, opened in headless Chromium.
+"""The Drive panel in a real browser: the viewer on each method's trained tiny model, opened in headless Chromium.
+
+tensorf-local-deform runs the ``ns-viewer`` console script; the other methods serve the same viewer from the
+test process (``viewer_in_process``: the steps of ``ns-viewer`` without a new interpreter and its 9 s of
+nerfstudio's method discovery).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and selenium (the
 ``test`` extra); skipped with the reason when they are missing.
@@ -7,13 +11,12 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from headstudio.viewer.browser import ViewerPage, browser_paths, free_port, running_viewer
+from headstudio.viewer.browser import ViewerPage, browser_paths, free_port, running_viewer, viewer_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -32,60 +35,79 @@ def _browser():
     return chromium, driver
 
 
-def _after_change(page: ViewerPage, before: np.ndarray, timeout: float = 60.0) -> np.ndarray:
-    """The viewport once a new render has replaced ``before`` and settled (or the unchanged one at the timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = page.viewport()
-        if now.shape == before.shape and np.abs(now.astype(float) - before.astype(float)).mean() > 0.02:
-            return page.steady_viewport()
-        time.sleep(0.5)
-    return page.viewport()
-
-
 def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(float) - b.astype(float)).mean(-1)
 
 
-@pytest.mark.parametrize("method", ["tensorf-local-deform"])
-def test_drive_panel_moves_the_jaw_and_the_frame_in_headless_chromium(method, trained, tmp_path):
+MAX_RES = 96
+"""The viewer's Max res in the test: a small render keeps it short on a CPU."""
+
+JAW_MIN = {"tensorf-local-deform": 1.0, "rignerf-star": 0.25, "imavatar-surface": 0.25}
+"""Least mean change (grey levels) the jaw makes to the head's pixels in the lower half of the viewport. The
+tiny runs are blurs: a 30-iteration MLP NeRF (rignerf-star) and an 8-iteration surface (imavatar-surface)
+show the jaw's change with less contrast than tensorf-local-deform's grid. mononphm-track follows its
+expression code, not FLAME's jaw: its jaw and expressions pick the nearest tracked frame's code
+(``headstudio.viewer.drive``), so there the picture must change and the neck must turn the head."""
+
+
+def _serve(method: str, config: Path, tmp_path: Path):
+    if method == "tensorf-local-deform":  # the console script, once
+        return running_viewer(config, free_port(), log=tmp_path / "viewer.log")
+    return viewer_in_process(config, free_port(), max_res=MAX_RES)
+
+
+@pytest.mark.parametrize("method", ["tensorf-local-deform", "rignerf-star", "imavatar-surface", "mononphm-track"])
+def test_drive_panel_moves_the_jaw_and_the_expression_in_headless_chromium(method, trained, tmp_path):
     """The jaw must change the lower face: the head's pixels (the background is white) in the lower half of
     the viewport. A tiny run's deformation is not yet local (the whole outline may move a little with the
     jaw), so where on the mesh the jaw acts is tested in-process, on the driven FLAME mesh
-    (``tests/test_viewer_drive.py``)."""
+    (``tests/test_viewer_drive.py``). The Frame slider is tried on ns-viewer and on mononphm-track (whose
+    viewer shows the tracked frames)."""
     chromium, driver = _browser()
     config = trained(method)
-    with running_viewer(config, free_port(), log=tmp_path / "viewer.log") as url:
+    with _serve(method, config, tmp_path) as url:
         page = ViewerPage(url, chromium, driver)
         try:
             page.wait_for_text(DRIVE_LABELS)  # the Drive controls are there
-            page.set_number("Max res", 96)  # a small render keeps the CPU test short
-            start = page.steady_viewport()
+            page.set_number("Max res", MAX_RES)
+            start = page.wait_for_full_resolution(MAX_RES, timeout=120)
             # The first camera is a training camera: the head fills the middle, not empty space.
             h, w = start.shape[:2]
             centre = start[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].astype(float)
             assert (centre.mean(-1) < 200).mean() > 0.3, "the first view does not look at the head"
-            page.slider_to_end("Frame")  # the last tracked frame (a test frame: other expression and pose)
-            assert page.slider_value("Frame") > 0
-            framed = _after_change(page, start)
-            assert _diff(framed, start).mean() > 0.3, "the Frame slider did not change the picture"
+            shots = {"start": start}
+            framed = start
+            if method in ("tensorf-local-deform", "mononphm-track"):
+                page.slider_to_end("Frame")  # the last tracked frame (other expression and pose)
+                assert page.slider_value("Frame") > 0
+                shots["frame"] = framed = page.after_change(start, MAX_RES)
+                assert _diff(framed, start).mean() > 0.3, "the Frame slider did not change the picture"
             page.slider_to_end("jaw open (rad)")  # switches the source to manual and opens the jaw
-            opened = _after_change(page, framed)
+            shots["jaw"] = opened = page.after_change(framed, MAX_RES)
             page.slider_to_end("smile left")
-            smiled = _after_change(page, opened)
+            shots["smile"] = smiled = page.after_change(opened, MAX_RES)
+            if method == "mononphm-track":
+                page.slider_to_end("neck yaw (rad)")
+                shots["neck"] = turned = page.after_change(smiled, MAX_RES)
             if SHOTS:
                 from PIL import Image
 
                 Path(SHOTS).mkdir(parents=True, exist_ok=True)
-                for name, img in (("start", start), ("frame", framed), ("jaw", opened), ("smile", smiled)):
+                for name, img in shots.items():
                     Image.fromarray(img).save(Path(SHOTS) / f"{method}_{name}.png")
                 Image.fromarray(page.screenshot()).save(Path(SHOTS) / f"{method}_page.png")
             d = _diff(opened, framed)
-            assert d.mean() > 0.02, "the jaw slider did not change the picture"
-            rows = np.arange(d.shape[0])[:, None]
-            lower_face = (framed.astype(float).mean(-1) < 200) & (rows >= d.shape[0] // 2)
-            assert lower_face.sum() > 100, "no head pixels in the lower half of the viewport"
-            assert d[lower_face].mean() > 1.0, f"the jaw did not change the lower face ({d[lower_face].mean():.3f})"
+            print(f"{method}: jaw {d.mean():.3f}, smile {_diff(smiled, opened).mean():.3f}", end="")
+            assert d.mean() > 0.02, f"the jaw slider did not change the picture ({d.mean():.3f})"
             assert _diff(smiled, opened).mean() > 0.01, "the expression slider did not change the picture"
+            if method in JAW_MIN:
+                rows = np.arange(d.shape[0])[:, None]
+                lower_face = (framed.astype(float).mean(-1) < 200) & (rows >= d.shape[0] // 2)
+                assert lower_face.sum() > 100, "no head pixels in the lower half of the viewport"
+                print(f", lower face {d[lower_face].mean():.3f}")
+                assert d[lower_face].mean() > JAW_MIN[method], f"the jaw did not change the lower face ({d[lower_face].mean():.3f})"
+            else:
+                print(f", neck {_diff(turned, smiled).mean():.3f}")
+                assert _diff(turned, smiled).mean() > 0.3, "the neck slider did not turn the head"
         finally:
             page.close()

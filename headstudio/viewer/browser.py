@@ -71,6 +71,48 @@ def running_viewer(config: Path, port: int, timeout: float = 240.0, log: Optiona
             out.close()
 
 
+@contextlib.contextmanager
+def viewer_in_process(config: Path, port: int, max_res: Optional[int] = None) -> Iterator[str]:
+    """The viewer ``ns-viewer --load-config config`` starts, served from this process (its server and render
+    threads run beside the caller); yields its URL; the server is always stopped. ``max_res``: the panel's
+    Max res before any client connects (so the first render is already that small).
+
+    The same steps as nerfstudio's ``ns-viewer`` (``nerfstudio/scripts/viewer/run_viewer.py``: load the
+    pipeline, build the viewer, add the training cameras, show the step), without the new interpreter and
+    its second pass of nerfstudio's method discovery (about 9 s here). Tests of several methods use it;
+    the console script itself is :func:`running_viewer`."""
+    import threading
+
+    from nerfstudio.utils.eval_utils import eval_setup  # before writer: writer alone is a circular import
+    from nerfstudio.utils import writer
+    from nerfstudio.viewer.viewer import Viewer
+
+    cfg, pipeline, _, step = eval_setup(Path(config), eval_num_rays_per_chunk=None, test_mode="test")
+    cfg.viewer.websocket_port = port
+    cfg.viewer.make_share_url = False
+    viewer = Viewer(
+        cfg.viewer,
+        log_filename=cfg.get_base_dir() / cfg.viewer.relative_log_filename,
+        datapath=pipeline.datamanager.get_datapath(),
+        pipeline=pipeline,
+        train_lock=threading.Lock(),
+    )
+    if max_res is not None:
+        viewer.control_panel._max_res.value = int(max_res)
+    try:
+        cfg.logging.local_writer.enable = False  # the viewer reads writer.GLOBAL_BUFFER, as in ns-viewer
+        writer.setup_local_writer(cfg.logging, max_iter=cfg.max_num_iterations, banner_messages=None)
+        viewer.init_scene(
+            train_dataset=pipeline.datamanager.train_dataset,
+            train_state="completed",
+            eval_dataset=pipeline.datamanager.eval_dataset,
+        )
+        viewer.update_scene(step=step)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        viewer.viser_server.stop()
+
+
 class ViewerPage:
     """A viewer page in headless Chromium."""
 
@@ -168,13 +210,26 @@ class ViewerPage:
         """The viewport once a render at ``max_res`` (its long side) has finished: on a CPU a full render takes
         seconds to minutes (nerfstudio shows coarse previews meanwhile, so an unchanged picture is not enough)."""
         deadline = time.monotonic() + timeout
-        while max(self.rendered_resolution()) < max_res - 1:
+        while abs(max(self.rendered_resolution()) - max_res) > 1:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no render at {max_res} px within {timeout:.0f} s (last: {self.rendered_resolution()})")
-            time.sleep(1.0)
+            time.sleep(0.25)
         return self.steady_viewport()
 
-    def steady_viewport(self, timeout: float = 90.0, settle: float = 1.5, tol: float = 0.3) -> np.ndarray:
+    def after_change(self, before: np.ndarray, max_res: int, timeout: float = 60.0) -> np.ndarray:
+        """The viewport once a new render has replaced ``before`` and the render at ``max_res`` has followed the
+        coarse preview (the unchanged viewport if nothing changed within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.viewport()
+            if now.shape == before.shape and np.abs(now.astype(float) - before.astype(float)).mean() > 0.02:
+                # nerfstudio sends the image, then the 'Resolution' line: the line may still name the last render
+                time.sleep(0.1)
+                return self.wait_for_full_resolution(max_res, timeout=max(deadline - time.monotonic(), 5.0))
+            time.sleep(0.25)
+        return self.viewport()
+
+    def steady_viewport(self, timeout: float = 90.0, settle: float = 1.0, tol: float = 0.3) -> np.ndarray:
         """The viewport once it stops changing (the render has reached full resolution)."""
         deadline = time.monotonic() + timeout
         last = self.viewport()
