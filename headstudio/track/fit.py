@@ -1,0 +1,206 @@
+"""FLAME fitted to 2-D landmarks of a video, batched over frames (hs-track's tracker).
+
+The camera is an OpenGL pinhole at the origin looking along -z, principal point at the image centre;
+the head is FLAME in world units (FLAME x ``WORLD_SCALE``, as IMavatar's) with its global rotation in
+``pose[:3]`` and a per-frame translation. One shape and one focal length for the clip; per frame
+expression, global / neck / jaw / eye rotations and translation. The loss is the landmarks' 2-D
+reprojection (the 17 contour points by DECA's dynamic contour, :meth:`FlameModel.landmarks`; the
+irises for gaze where the model has them), priors on shape, expression and the joints, and temporal
+smoothness. Coarse to fine: the rigid head pose alone first, then everything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from headstudio.flame.constants import WORLD_SCALE
+from headstudio.flame.model import FlameModel
+
+CONTOUR = slice(0, 17)
+
+
+@dataclass
+class LandmarkFitConfig:
+    """Weights and schedule of the landmark fit (ours: none of the source papers specifies hs-track)."""
+
+    rigid_steps: int = 150
+    """Adam steps on the global rotation and translation alone (stage 1)."""
+    full_steps: int = 400
+    """Adam steps on every parameter (stage 2)."""
+    lr: float = 0.02
+    """Adam learning rate (rotations in radians, translations in world units, codes in standard deviations)."""
+    num_shape: int = 50
+    """Shape components fitted (the rest stay 0); landmarks carry little identity beyond the first ones."""
+    contour_weight: float = 0.3
+    """Weight of the 17 contour landmarks relative to the inner ones: detectors place them least reliably."""
+    iris_weight: float = 1.0
+    """Weight of the two iris points (gaze)."""
+    shape_prior: float = 1e-4
+    """Weight of ||shape||^2 (unit-variance coefficients) against the mean squared landmark error in pixels
+    of a 512-px image."""
+    expression_prior: float = 1e-4
+    """Weight of ||expression||^2."""
+    joint_prior: float = 1.0
+    """Weight of ||neck||^2 + ||jaw yaw, roll||^2 + ||eyes||^2 (radians): the head's motion belongs in the
+    global rotation, the jaw mostly opens."""
+    smoothness: float = 1.0
+    """Weight of squared differences between neighbouring frames (expression, rotations, translation x 10)."""
+    focal: bool = True
+    """Fit the focal length in stage 2 (one for the clip); else keep the initial one."""
+
+
+@dataclass
+class LandmarkFit:
+    """The fitted clip."""
+
+    shape: Float[Tensor, "S"]
+    expression: Float[Tensor, "T E"]
+    pose: Float[Tensor, "T 15"]
+    translation: Float[Tensor, "T 3"]
+    """World units (FLAME x WORLD_SCALE): the head's position in the camera's (OpenGL) frame."""
+    focal: float
+    """Pixels."""
+    landmarks_px: Float[Tensor, "T 68 2"]
+    """The fitted FLAME landmarks, projected (our pixel convention: centres at +0.5)."""
+    iris_px: Optional[Float[Tensor, "T 2 2"]]
+    error_px: Float[Tensor, "T"]
+    """Mean 2-D distance of the fitted to the given landmarks per frame (NaN for frames without any)."""
+    history: list = field(default_factory=list)
+
+
+def project(points: Float[Tensor, "*B N 3"], focal: Tensor, size: tuple[int, int]) -> Float[Tensor, "*B N 2"]:
+    """Pixels (x right, y down) of camera-space points under an OpenGL pinhole at the origin."""
+    w, h = size
+    z = (-points[..., 2]).clamp_min(1e-6)
+    return torch.stack([w / 2 + focal * points[..., 0] / z, h / 2 - focal * points[..., 1] / z], dim=-1)
+
+
+def initial_translation(
+    landmarks_px: Float[Tensor, "T 68 2"], valid: Float[Tensor, "T 68"], model_landmarks: Float[Tensor, "68 3"],
+    focal: float, size: tuple[int, int],
+) -> Float[Tensor, "T 3"]:  # fmt: skip
+    """Depth from the landmarks' spread against the neutral model's, x and y from their centre."""
+    w, h = size
+    weight = valid[..., None]
+    centre = (landmarks_px * weight).sum(1) / weight.sum(1).clamp_min(1)
+    spread = (((landmarks_px - centre[:, None]) ** 2).sum(-1) * valid).sum(1) / valid.sum(1).clamp_min(1)
+    m = model_landmarks[:, :2] * WORLD_SCALE
+    model_spread = ((m - m.mean(0)) ** 2).sum(-1).mean()
+    depth = focal * (model_spread / spread.clamp_min(1e-6)).sqrt()
+    x = (centre[:, 0] - w / 2) * depth / focal
+    y = -(centre[:, 1] - h / 2) * depth / focal
+    t = torch.stack([x, y, -depth], dim=-1)
+    seen = valid.sum(1) >= 3
+    if not bool(seen.any()):
+        raise ValueError("no frame has 3 or more landmarks: nothing to fit")
+    if not bool(seen.all()):  # frames without landmarks: linear interpolation in time between seen frames
+        times = torch.arange(len(t), dtype=t.dtype)
+        known = times[seen]
+        for c in range(3):
+            t[~seen, c] = torch.from_numpy(
+                np.interp(times[~seen].numpy(), known.numpy(), t[seen, c].cpu().numpy())
+            ).to(t)
+    return t
+
+
+def fit_flame_to_landmarks(
+    flame: FlameModel,
+    landmarks_px: Float[Tensor, "T 68 2"],
+    size: tuple[int, int],
+    focal: float,
+    iris_px: Optional[Float[Tensor, "T 2 2"]] = None,
+    config: LandmarkFitConfig = LandmarkFitConfig(),
+    progress: Optional[Callable[[int, int, float], None]] = None,
+) -> LandmarkFit:
+    """Fit one shape and focal and per-frame expression, pose and translation to 2-D landmarks.
+
+    NaN landmarks (a frame without a face, a point not detected) are left out of the loss; such frames
+    are held by the smoothness term between their neighbours."""
+    if landmarks_px.dim() != 3 or tuple(landmarks_px.shape[1:]) != (68, 2):
+        raise ValueError(f"landmarks must be (frames, 68, 2) iBUG-68 pixels, got {tuple(landmarks_px.shape)}")
+    device, dtype = flame.v_template.device, flame.v_template.dtype
+    lm = landmarks_px.to(device, dtype)
+    t_count = lm.shape[0]
+    valid = torch.isfinite(lm).all(-1).to(dtype)  # T 68
+    lm = torch.nan_to_num(lm)
+    weights = torch.ones(68, device=device, dtype=dtype)
+    weights[CONTOUR] = config.contour_weight
+    use_iris = iris_px is not None and flame.has_iris and config.iris_weight > 0
+    if use_iris:
+        iris = iris_px.to(device, dtype)
+        iris_valid = torch.isfinite(iris).all(-1).to(dtype)
+        iris = torch.nan_to_num(iris)
+    scale = 512.0 / max(size)  # errors in pixels of a 512-px image, whatever the resolution
+
+    with torch.no_grad():
+        neutral = flame()
+        t0 = initial_translation(lm, valid, neutral.landmarks[0], focal, size)
+    shape = torch.zeros(config.num_shape, device=device, dtype=dtype, requires_grad=True)
+    expression = torch.zeros(t_count, flame.num_expression, device=device, dtype=dtype, requires_grad=True)
+    pose = torch.zeros(t_count, 15, device=device, dtype=dtype, requires_grad=True)
+    translation = t0.clone().requires_grad_(True)
+    log_focal = torch.tensor(math.log(focal), device=device, dtype=dtype, requires_grad=True)
+
+    def evaluate():
+        out = flame(shape=shape[None], expression=expression, pose=pose)
+        f = log_focal.exp()
+        cam = out.landmarks * WORLD_SCALE + translation[:, None]
+        pred = project(cam, f, size)
+        pred_iris = None
+        if use_iris:
+            pred_iris = project(flame.iris_landmarks(out.vertices) * WORLD_SCALE + translation[:, None], f, size)
+        return pred, pred_iris
+
+    def loss_fn():
+        pred, pred_iris = evaluate()
+        err = (((pred - lm) * scale) ** 2).sum(-1) * valid * weights
+        loss = err.sum() / (valid * weights).sum().clamp_min(1)
+        if use_iris:
+            ierr = (((pred_iris - iris) * scale) ** 2).sum(-1) * iris_valid
+            loss = loss + config.iris_weight * ierr.sum() / iris_valid.sum().clamp_min(1)
+        loss = loss + config.shape_prior * (shape**2).sum() + config.expression_prior * (expression**2).sum(-1).mean()
+        joints = torch.cat([pose[:, 3:6], pose[:, 7:9], pose[:, 9:15]], dim=-1)
+        loss = loss + config.joint_prior * (joints**2).sum(-1).mean()
+        if t_count > 1:
+            series = torch.cat([expression, pose, 10.0 * translation], dim=-1)
+            loss = loss + config.smoothness * ((series[1:] - series[:-1]) ** 2).sum(-1).mean()
+        return loss
+
+    history = []
+    stages = [([pose, translation], config.rigid_steps), ([shape, expression, pose, translation], config.full_steps)]
+    if config.focal:
+        stages[1][0].append(log_focal)
+    total, done = sum(n for _, n in stages), 0
+    for stage, (params, steps) in enumerate(stages):
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            if stage == 0:  # rigid: only the global rotation moves
+                pose.grad[:, 3:] = 0
+            optimizer.step()
+            done += 1
+            history.append(float(loss.detach()))
+            if progress is not None:
+                progress(done, total, history[-1])
+
+    with torch.no_grad():
+        pred, pred_iris = evaluate()
+        dist = (pred - lm).norm(dim=-1)
+        error = (dist * valid).sum(1) / valid.sum(1)
+        error[valid.sum(1) == 0] = float("nan")
+    full_shape = torch.zeros(flame.num_shape, device=device, dtype=dtype)
+    full_shape[: config.num_shape] = shape.detach()
+    return LandmarkFit(
+        shape=full_shape, expression=expression.detach(), pose=pose.detach(), translation=translation.detach(),
+        focal=float(log_focal.detach().exp()), landmarks_px=pred, iris_px=pred_iris, error_px=error, history=history,
+    )  # fmt: skip

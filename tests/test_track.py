@@ -1,0 +1,74 @@
+"""hs-track's parts: FLAME fitted to 2-D landmarks (no detector needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from headstudio.flame.constants import WORLD_SCALE
+from headstudio.track.fit import LandmarkFitConfig, fit_flame_to_landmarks, project
+
+SIZE = (512, 512)
+FOCAL = 1433.6
+
+
+@pytest.fixture(scope="module")
+def flame(flame_path):
+    """The procedural model with IMavatar's 70-point embedding (irises), in float32 as hs-track runs it."""
+    from headstudio.flame.model import FlameModel
+
+    return FlameModel.from_file(flame_path, landmark_path=flame_path.with_name("landmark_embedding_with_eyes.npy"))
+
+
+def _clip(flame, frames: int = 4, seed: int = 0):
+    """Known shape, expressions, jaw openings and head rotations, and their projected landmarks."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = flame.v_template.dtype
+    shape = torch.zeros(flame.num_shape, dtype=dtype)
+    shape[:10] = 0.5 * torch.randn(10, generator=g, dtype=dtype)
+    expression = torch.zeros(frames, flame.num_expression, dtype=dtype)
+    a, b = 0.7 * torch.randn(2, 10, generator=g, dtype=dtype)  # a smooth change, as in a video
+    expression[:, :10] = a + (b - a) * torch.linspace(0, 1, frames, dtype=dtype)[:, None]
+    pose = torch.zeros(frames, 15, dtype=dtype)
+    pose[:, 1] = torch.linspace(-0.25, 0.25, frames, dtype=dtype)  # yaw
+    pose[:, 0] = 0.1 * torch.linspace(-1, 1, frames, dtype=dtype)
+    pose[:, 6] = torch.linspace(0.0, 0.3, frames, dtype=dtype)  # the jaw opens
+    translation = torch.tensor([0.05, -0.1, -4.0], dtype=dtype).repeat(frames, 1)
+    out = flame(shape=shape[None], expression=expression, pose=pose)
+    lm = project(out.landmarks * WORLD_SCALE + translation[:, None], torch.tensor(FOCAL, dtype=dtype), SIZE)
+    iris = project(flame.iris_landmarks(out.vertices) * WORLD_SCALE + translation[:, None], torch.tensor(FOCAL, dtype=dtype), SIZE)
+    return dict(shape=shape, expression=expression, pose=pose, translation=translation, landmarks=lm, iris=iris)
+
+
+def test_landmark_fit_recovers_the_pose_and_reprojects_within_half_a_pixel(flame):
+    truth = _clip(flame)
+    # Four frames far apart in time (the jaw moves 0.1 rad per frame): no smoothness term.
+    cfg = LandmarkFitConfig(rigid_steps=100, full_steps=300, focal=False, smoothness=0.0)
+    fit = fit_flame_to_landmarks(flame, truth["landmarks"], SIZE, FOCAL, iris_px=truth["iris"], config=cfg)
+    assert fit.history[-1] < 0.05 * fit.history[0]
+    assert float(fit.error_px.max()) < 0.5, fit.error_px
+    assert float((fit.pose[:, 6] - truth["pose"][:, 6]).abs().max()) < 0.05  # the jaw opening
+    yaw_error = (fit.pose[:, 1] - truth["pose"][:, 1]).abs().max()
+    assert math.degrees(float(yaw_error)) < 3.0
+    assert float((fit.translation - truth["translation"]).norm(dim=-1).max()) < 0.2  # world units (5 cm)
+
+
+def test_frames_without_landmarks_are_left_out_and_bridged(flame):
+    truth = _clip(flame, frames=5)
+    lm = truth["landmarks"].clone()
+    lm[2] = float("nan")  # no face in the middle frame
+    lm[0, 30] = float("nan")  # one point missing
+    cfg = LandmarkFitConfig(rigid_steps=80, full_steps=150, focal=False)
+    fit = fit_flame_to_landmarks(flame, lm, SIZE, FOCAL, config=cfg)
+    assert math.isnan(float(fit.error_px[2])) and torch.isfinite(fit.error_px[[0, 1, 3, 4]]).all()
+    assert torch.isfinite(fit.pose).all() and torch.isfinite(fit.expression).all()
+    between = 0.5 * (fit.translation[1] + fit.translation[3])
+    assert float((fit.translation[2] - between).norm()) < 0.1  # held between its neighbours
+    assert float(fit.error_px[[0, 1, 3, 4]].max()) < 1.0
+
+
+def test_landmark_fit_needs_68_points(flame):
+    with pytest.raises(ValueError, match=r"\(frames, 68, 2\)"):
+        fit_flame_to_landmarks(flame, torch.zeros(2, 10, 2), SIZE, FOCAL, config=LandmarkFitConfig(1, 1))
