@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -72,3 +74,46 @@ def test_frames_without_landmarks_are_left_out_and_bridged(flame):
 def test_landmark_fit_needs_68_points(flame):
     with pytest.raises(ValueError, match=r"\(frames, 68, 2\)"):
         fit_flame_to_landmarks(flame, torch.zeros(2, 10, 2), SIZE, FOCAL, config=LandmarkFitConfig(1, 1))
+
+
+def test_ibug_table_is_68_distinct_mediapipe_points():
+    from headstudio.track.landmarks import IRIS_CENTRES, MEDIAPIPE_TO_IBUG68, to_ibug68
+
+    assert len(MEDIAPIPE_TO_IBUG68) == 68 and len(set(MEDIAPIPE_TO_IBUG68)) == 68
+    assert max(MEDIAPIPE_TO_IBUG68) < 468 and IRIS_CENTRES == (468, 473)  # face mesh, then the irises
+    mesh = np.arange(478 * 2, dtype=float).reshape(478, 2)
+    ibug, iris = to_ibug68(mesh)
+    assert ibug.shape == (68, 2) and iris.shape == (2, 2) and iris[0, 0] == 2 * 468
+    with pytest.raises(ValueError, match="478 points"):
+        to_ibug68(mesh[:468])
+
+
+def test_mediapipe_finds_the_synthetic_face_and_its_eyes_and_lips(tmp_path):
+    """On an hs-synth frame at 512 px the mapped eyes, lips and irises land within a few pixels of the truth
+    (the contour is FLAME's own, placed differently: not checked)."""
+    pytest.importorskip("mediapipe", reason="mediapipe missing: pip install --no-deps mediapipe==0.10.9 (.ci/run does)")
+    import json
+
+    import cv2
+
+    from headstudio.data.formats.imavatar import imavatar_points
+    from headstudio.data.synth.subject import SubjectConfig, make_subject
+    from headstudio.track.landmarks import MediapipeDetector
+
+    make_subject(tmp_path / "s", SubjectConfig(size=512, num_train=2, num_test=1))
+    (params,) = (tmp_path / "s").rglob("train/flame_params.json")
+    frame = json.loads(params.read_text())["frames"][1]
+    truth = imavatar_points(np.array(frame["flame_keypoints"]).reshape(-1), (512, 512)).reshape(70, 2)
+    rgb = cv2.imread(str(params.parent / f"{frame['file_path']}.png"))[:, :, ::-1]
+    detector = MediapipeDetector(static=True)
+    try:
+        found = detector(rgb)
+        assert found is not None and found.faces_found == 1
+        blank = detector(np.full_like(rgb, 255))
+        assert blank is None
+    finally:
+        detector.close()
+    eyes = np.linalg.norm(found.ibug68[36:48] - truth[36:48], axis=-1).mean()
+    lips = np.linalg.norm(found.ibug68[48:68] - truth[48:68], axis=-1).mean()
+    iris = np.linalg.norm(found.iris - truth[68:70], axis=-1).mean()
+    assert eyes < 5 and lips < 7 and iris < 4, (eyes, lips, iris)
