@@ -90,6 +90,7 @@ def _cli_functions() -> dict[str, Callable[[list[str]], None]]:
     from headstudio.scripts import prior as hs_prior
     from headstudio.scripts import render as hs_render
     from headstudio.scripts import synth as hs_synth
+    from headstudio.scripts import track as hs_track
 
     return {
         "ns-eval": lambda argv: tyro.cli(ns_eval.ComputePSNR, args=argv).main(),
@@ -99,11 +100,12 @@ def _cli_functions() -> dict[str, Callable[[list[str]], None]]:
         "hs-prior": hs_prior.entrypoint,
         "hs-synth": hs_synth.entrypoint,
         "hs-check-data": hs_check_data.entrypoint,
+        "hs-track": hs_track.entrypoint,
     }
 
 
 def run_in_process(*args: str | os.PathLike, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``run_cli`` for ``ns-eval``, ``ns-export`` and the ``hs-*`` commands (but ``hs-track``'s), through the
+    """``run_cli`` for ``ns-eval``, ``ns-export`` and the ``hs-*`` commands, through the
     same entry functions in this process: no interpreter start (torch's import: seconds), and no second pass
     of nerfstudio's method discovery (its ``ExternalMethod`` calls ``inspect.stack()``: about 9 s of every
     ``ns-*`` process here). Output is captured; an exit becomes the return code. The console scripts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -42,6 +43,21 @@ def _clip(flame, frames: int = 4, seed: int = 0):
     lm = project(out.landmarks * WORLD_SCALE + translation[:, None], torch.tensor(FOCAL, dtype=dtype), SIZE)
     iris = project(flame.iris_landmarks(out.vertices) * WORLD_SCALE + translation[:, None], torch.tensor(FOCAL, dtype=dtype), SIZE)
     return dict(shape=shape, expression=expression, pose=pose, translation=translation, landmarks=lm, iris=iris)
+
+
+def test_landmark_flame_matches_the_whole_model(flame):
+    """The fit's FLAME on the landmark vertices only gives the whole model's landmarks and irises."""
+    from headstudio.track.fit import LandmarkFlame
+
+    g = torch.Generator().manual_seed(1)
+    shape, expression = 0.5 * torch.randn(30, generator=g), 0.5 * torch.randn(5, flame.num_expression, generator=g)
+    pose = 0.4 * torch.randn(5, 15, generator=g)  # yaws across several dynamic-contour rows
+    sparse = LandmarkFlame(flame)
+    assert sparse.v_template.shape[0] < flame.num_vertices / 5
+    out = flame(shape=shape[None], expression=expression, pose=pose)
+    landmarks, iris = sparse(shape, expression, pose)
+    assert torch.allclose(landmarks, out.landmarks, atol=1e-6)
+    assert torch.allclose(iris, flame.iris_landmarks(out.vertices), atol=1e-6)
 
 
 def test_landmark_fit_recovers_the_pose_and_reprojects_within_half_a_pixel(flame):
@@ -117,3 +133,83 @@ def test_mediapipe_finds_the_synthetic_face_and_its_eyes_and_lips(tmp_path):
     lips = np.linalg.norm(found.ibug68[48:68] - truth[48:68], axis=-1).mean()
     iris = np.linalg.norm(found.iris - truth[68:70], axis=-1).mean()
     assert eyes < 5 and lips < 7 and iris < 4, (eyes, lips, iris)
+
+
+# ---------------------------------------------------------------- hs-track end to end
+@pytest.fixture(scope="module")
+def synthetic_video(tmp_path_factory):
+    """``hs-synth subject --video``: a short 320 px clip with its ground-truth tracking beside it."""
+    from headstudio.data.synth.subject import SubjectConfig, make_subject
+
+    out = tmp_path_factory.mktemp("video") / "subj"
+    make_subject(out, SubjectConfig(size=320, num_train=8, num_test=2, video=True))
+    return out
+
+
+def test_hs_synth_writes_the_sequences_as_videos(synthetic_video):
+    from headstudio.track.frames import read_clip
+
+    clip = read_clip(synthetic_video / "video" / "train.mp4")
+    assert len(clip.frames) == 8 and clip.frames[0].shape == (320, 320, 3) and clip.fps == pytest.approx(25.0)
+    assert read_clip(synthetic_video / "video" / "test.mp4").frames[0].std() > 10
+
+
+@pytest.mark.e2e
+def test_hs_track_writes_an_imavatar_subject_the_dataparser_reads(synthetic_video, tmp_path):
+    pytest.importorskip("mediapipe", reason="mediapipe missing: pip install --no-deps mediapipe==0.10.9 (.ci/run does)")
+    import json
+
+    from tests.conftest import run_in_process
+
+    out = tmp_path / "me"
+    res = run_in_process("hs-track", synthetic_video / "video" / "train.mp4", out, "--size", "256",
+                         "--rigid-steps", "60", "--full-steps", "120", "--test-fraction", "0.25")  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    text = " ".join(res.stderr.split())
+    assert "procedural FLAME-format model (a stand-in, not FLAME" in text and "6 train + 2 test frames" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"] == 8 and report["frames_without_face"] == []
+    assert report["mean_landmark_error_px"] < 6.0  # against mediapipe's points, at 256 px
+    assert (out / "overlay.mp4").stat().st_size > 1000 and (out / "flame" / "generic_model.pkl").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    from headstudio.data.errors import Problems
+    from headstudio.data.formats.imavatar import read_imavatar
+
+    problems = Problems()
+    subject = read_imavatar(out / "me", problems)
+    assert len(problems) == 0, problems.items
+    assert len(subject.frames) == 8
+    seq = json.loads((out / "me" / "train" / "flame_params.json").read_text())
+    assert len(seq["frames"]) == 6 and len(seq["frames"][0]["flame_keypoints"]) == 70
+    assert len(seq["shape_params"]) == 100 and len(seq["frames"][0]["expression"]) == 50
+
+
+@pytest.mark.e2e
+def test_hs_track_bad_input_is_one_line_and_writes_nothing(synthetic_video, tmp_path):
+    from tests.conftest import run_in_process
+
+    def track(source, out, *extra):
+        res = run_in_process("hs-track", source, out, *extra)
+        lines = [line for line in (res.stdout + res.stderr).strip().splitlines() if "error" in line]
+        return res.returncode, " ".join(lines)
+
+    (tmp_path / "notes.mp4").write_text("not a video")
+    code, message = track(tmp_path / "notes.mp4", tmp_path / "a")
+    assert code == 1 and "notes.mp4: not a video PyAV can read" in message
+    exists = tmp_path / "exists"
+    exists.mkdir()
+    code, message = track(synthetic_video / "video" / "train.mp4", exists)
+    assert code == 1 and "already exists" in message
+    code, message = track(synthetic_video / "video" / "train.mp4", tmp_path / "b", "--max-frames", "1")
+    assert code == 1 and "train and test need at least one each" in message
+    if importlib.util.find_spec("mediapipe") is not None:
+        import cv2
+
+        blank = tmp_path / "blank"
+        blank.mkdir()
+        for i in range(3):
+            cv2.imwrite(str(blank / f"{i}.png"), np.full((64, 64, 3), 255, np.uint8))
+        code, message = track(blank, tmp_path / "c")
+        assert code == 1 and "found no face in any of the 3 frames" in message
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

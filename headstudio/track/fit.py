@@ -22,7 +22,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from headstudio.flame.constants import WORLD_SCALE
-from headstudio.flame.model import FlameModel
+from headstudio.flame.lbs import axis_angle_to_matrix, lbs
+from headstudio.flame.model import FlameModel, dynamic_contour_bins, faces_points
 
 CONTOUR = slice(0, 17)
 
@@ -74,6 +75,55 @@ class LandmarkFit:
     error_px: Float[Tensor, "T"]
     """Mean 2-D distance of the fitted to the given landmarks per frame (NaN for frames without any)."""
     history: list = field(default_factory=list)
+
+
+class LandmarkFlame(torch.nn.Module):
+    """FLAME evaluated on the vertices its landmarks lie on only (static, every dynamic-contour row, irises):
+    the same landmarks as :meth:`FlameModel.landmarks` for a small part of the cost of the whole mesh. The
+    joints come from the whole shaped mesh, through the regressor contracted with the bases once."""
+
+    def __init__(self, flame: FlameModel) -> None:
+        super().__init__()
+        groups = [flame.lmk_static_faces.reshape(-1), flame.lmk_dynamic_faces.reshape(-1)]
+        if flame.has_iris:
+            groups.append(flame.lmk_iris_faces.reshape(-1))
+        used = torch.unique(flame.faces[torch.cat(groups)].reshape(-1))
+        remap = torch.full((flame.num_vertices,), -1, dtype=torch.long, device=used.device)
+        remap[used] = torch.arange(len(used), device=used.device)
+        self.flame = flame
+        self.parents = flame.parents
+        self.has_iris = flame.has_iris
+        self.register_buffer("faces", remap[flame.faces], persistent=False)  # -1 where a face leaves the subset
+        self.register_buffer("v_template", flame.v_template[used], persistent=False)
+        self.register_buffer("shapedirs", flame.shapedirs[used], persistent=False)
+        self.register_buffer("exprdirs", flame.exprdirs[used], persistent=False)
+        self.register_buffer("posedirs", flame.posedirs[used], persistent=False)
+        self.register_buffer("weights", flame.weights[used], persistent=False)
+        reg = flame.J_regressor
+        self.register_buffer("j_template", reg @ flame.v_template, persistent=False)
+        self.register_buffer("j_shapedirs", torch.einsum("jv,vck->jck", reg, flame.shapedirs), persistent=False)
+        self.register_buffer("j_exprdirs", torch.einsum("jv,vck->jck", reg, flame.exprdirs), persistent=False)
+
+    def forward(
+        self, shape: Float[Tensor, "S"], expression: Float[Tensor, "B E"], pose: Float[Tensor, "B 15"]
+    ) -> tuple[Float[Tensor, "B 68 3"], Optional[Float[Tensor, "B 2 3"]]]:
+        """Landmarks (and the irises, where the model has them) of each frame, in FLAME units."""
+        b = pose.shape[0]
+        full_shape = shape.new_zeros(self.shapedirs.shape[-1])
+        full_shape[: shape.shape[0]] = shape
+        rest = self.v_template + torch.einsum("k,vck->vc", full_shape, self.shapedirs)
+        rest = rest[None] + torch.einsum("bk,vck->bvc", expression, self.exprdirs)
+        joints = self.j_template + torch.einsum("k,jck->jc", full_shape, self.j_shapedirs)
+        joints = joints[None] + torch.einsum("bk,jck->bjc", expression, self.j_exprdirs)
+        rot_mats = axis_angle_to_matrix(pose.reshape(b, -1, 3))
+        verts, _ = lbs(rest, self.weights, rot_mats, joints, self.parents, pose_dirs=self.posedirs)
+        flame = self.flame
+        bins = dynamic_contour_bins(rot_mats)
+        tri = verts[torch.arange(b, device=verts.device)[:, None, None], self.faces[flame.lmk_dynamic_faces[bins]]]
+        contour = (tri * flame.lmk_dynamic_bary[bins][..., None]).sum(-2)  # B 17 3: each frame its own row
+        static = faces_points(verts, self.faces, flame.lmk_static_faces, flame.lmk_static_bary)
+        iris = faces_points(verts, self.faces, flame.lmk_iris_faces, flame.lmk_iris_bary) if self.has_iris else None
+        return torch.cat([contour, static], dim=1), iris
 
 
 def project(points: Float[Tensor, "*B N 3"], focal: Tensor, size: tuple[int, int]) -> Float[Tensor, "*B N 2"]:
@@ -143,6 +193,7 @@ def fit_flame_to_landmarks(
     with torch.no_grad():
         neutral = flame()
         t0 = initial_translation(lm, valid, neutral.landmarks[0], focal, size)
+    sparse = LandmarkFlame(flame)
     shape = torch.zeros(config.num_shape, device=device, dtype=dtype, requires_grad=True)
     expression = torch.zeros(t_count, flame.num_expression, device=device, dtype=dtype, requires_grad=True)
     pose = torch.zeros(t_count, 15, device=device, dtype=dtype, requires_grad=True)
@@ -150,13 +201,10 @@ def fit_flame_to_landmarks(
     log_focal = torch.tensor(math.log(focal), device=device, dtype=dtype, requires_grad=True)
 
     def evaluate():
-        out = flame(shape=shape[None], expression=expression, pose=pose)
+        landmarks, iris_points = sparse(shape, expression, pose)
         f = log_focal.exp()
-        cam = out.landmarks * WORLD_SCALE + translation[:, None]
-        pred = project(cam, f, size)
-        pred_iris = None
-        if use_iris:
-            pred_iris = project(flame.iris_landmarks(out.vertices) * WORLD_SCALE + translation[:, None], f, size)
+        pred = project(landmarks * WORLD_SCALE + translation[:, None], f, size)
+        pred_iris = project(iris_points * WORLD_SCALE + translation[:, None], f, size) if use_iris else None
         return pred, pred_iris
 
     def loss_fn():

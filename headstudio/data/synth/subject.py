@@ -47,6 +47,9 @@ class SubjectConfig:
     distance: float = 4.0
     """Camera distance from the origin in world units (FLAME metres x 4)."""
     fps: float = 25.0
+    video: bool = False
+    """Also write each sequence as an H.264 MP4, ``video/<sequence>.mp4`` at ``fps`` (the input of
+    ``hs-track``'s evaluation; the ground-truth tracking stays beside it)."""
     num_shape: int = 100
     """Identity components the subject uses (IMavatar: 100)."""
     num_expression: int = 50
@@ -98,6 +101,7 @@ def make_subject(
         total, done = sum(len(s) for s in seqs), 0
         t_render = time.perf_counter()
         for seq in seqs:
+            video_frames = []
             track = FlameTrack(
                 flame,
                 torch.as_tensor(shape, dtype=torch.float32),
@@ -130,9 +134,15 @@ def make_subject(
                     tracked_vertices_world=None if tracked is None else tracked.vertices[k].numpy(),
                 )
                 writer.write_frame(seq.name, rec)
+                if cfg.video:
+                    video_frames.append((rec.frame.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
                 done += 1
                 if progress is not None:
                     progress(done, total)
+            if cfg.video:
+                from headstudio.utils.video import write_video
+
+                write_video(tmp / "video" / f"{seq.name}.mp4", video_frames, cfg.fps)
         writer.finish()
         elapsed = time.perf_counter() - t_render
         meta = {
