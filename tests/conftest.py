@@ -136,6 +136,46 @@ def run_in_process(*args: str | os.PathLike, env: dict | None = None) -> subproc
     return subprocess.CompletedProcess([name, *argv], code, out.getvalue(), err.getvalue())
 
 
+def ns_train_in_process(*args: str | os.PathLike) -> subprocess.CompletedProcess:
+    """``ns-train ...`` through nerfstudio's own ``main`` in this process (the steps of its console script:
+    tyro on the same config union, then ``nerfstudio.scripts.train.main``), without the 9 s of method
+    discovery a new process spends. nerfstudio keeps its event writers in a module-level list: the run's own
+    are closed (flushing its tensorboard file) and removed afterwards, so one run never logs into another's.
+    The console script itself is run in subprocesses by the resume and bad-data tests."""
+    import contextlib
+    import io
+    import traceback
+
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+    from nerfstudio.scripts.train import main
+    from nerfstudio.utils import writer
+
+    name, *argv = [str(a) for a in args]
+    assert name == "ns-train"
+    out, err = io.StringIO(), io.StringIO()
+    saved = list(writer.EVENT_WRITERS)
+    writer.EVENT_WRITERS.clear()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(tyro.cli(AnnotatedBaseConfigUnion, args=argv))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:  # as the process would: a traceback and status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        for w in writer.EVENT_WRITERS:
+            if isinstance(w, writer.TensorboardWriter):
+                w.tb_writer.close()
+        writer.EVENT_WRITERS.clear()
+        writer.EVENT_WRITERS.extend(saved)
+        writer.EVENT_STORAGE.clear()
+    return subprocess.CompletedProcess(["ns-train", *argv], code, out.getvalue(), err.getvalue())
+
+
 def ns_train_args(method: str, data: Path, output_dir: Path, extra: Sequence[str] = ()) -> list[str]:
     """``ns-train`` arguments of the shared tiny run of ``method`` (``extra`` override FAST)."""
     return ["ns-train", method, *COMMON, *FAST[method], *extra, "--output-dir", str(output_dir), "--data", str(data)]
@@ -251,7 +291,7 @@ def trained(subjects, tmp_path_factory, request) -> Callable[..., Path]:
             if method == "mononphm-track":
                 data = subjects["kinect"]
                 extra = ("--pipeline.model.prior", str(request.getfixturevalue("tiny_prior")), *extra)
-            res = run_cli(*ns_train_args(method, data, out, extra))
+            res = ns_train_in_process(*ns_train_args(method, data, out, extra))
             assert res.returncode == 0, res.stderr[-3000:]
             (config,) = out.rglob("config.yml")
             runs[key] = config

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import BIN, ns_train_args, run_cli, run_in_process
+from tests.conftest import BIN, ns_train_args, ns_train_in_process, run_cli, run_in_process
 from headstudio.export.ply import read_ply
 
 METHODS = ("tensorf-local-deform", "rignerf-star", "imavatar-surface")
@@ -176,8 +176,8 @@ RESUME = {
 
 def _resume(method: str, data: Path, ckpt: Path, extra: list, out: Path, steps: int = 6) -> Path:
     """``ns-train ... --load-dir`` from ``ckpt``'s folder for ``steps`` more iterations; the resumed run's folder."""
-    res = run_cli("ns-train", method, *ns_train_args(method, data, out, extra)[2:-4], "--max-num-iterations",
-                  str(steps), "--load-dir", ckpt.parent, "--output-dir", out / "resumed", "--data", data)  # fmt: skip
+    res = ns_train_in_process("ns-train", method, *ns_train_args(method, data, out, extra)[2:-4], "--max-num-iterations",
+                              str(steps), "--load-dir", ckpt.parent, "--output-dir", out / "resumed", "--data", data)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     (resumed_dir,) = {p.parent for p in (out / "resumed").rglob("config.yml")}
     return resumed_dir

@@ -116,7 +116,7 @@ def viewer_in_process(config: Path, port: int, max_res: Optional[int] = None) ->
 class ViewerPage:
     """A viewer page in headless Chromium."""
 
-    def __init__(self, url: str, chromium: str, chromedriver: str) -> None:
+    def __init__(self, url: Optional[str], chromium: str, chromedriver: str) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.options import Options
         from selenium.webdriver.chrome.service import Service
@@ -126,6 +126,11 @@ class ViewerPage:
             options.add_argument(arg)
         options.binary_location = chromium
         self.driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+        if url:
+            self.driver.get(url)
+
+    def open(self, url: str) -> None:
+        """Load another viewer in the same browser (one Chromium for several viewers)."""
         self.driver.get(url)
 
     def close(self) -> None:
@@ -229,7 +234,7 @@ class ViewerPage:
             time.sleep(0.25)
         return self.viewport()
 
-    def steady_viewport(self, timeout: float = 90.0, settle: float = 1.0, tol: float = 0.3) -> np.ndarray:
+    def steady_viewport(self, timeout: float = 90.0, settle: float = 0.6, tol: float = 0.3) -> np.ndarray:
         """The viewport once it stops changing (the render has reached full resolution)."""
         deadline = time.monotonic() + timeout
         last = self.viewport()

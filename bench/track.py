@@ -1,0 +1,114 @@
+"""hs-track against the ground truth of synthetic videos: landmark, expression, jaw and head-pose error, speed.
+
+    python bench/track.py [--seeds 0 7] [--frames 60] [--size 512]
+
+For each seed: ``hs-synth subject --video`` (its training sequence as an MP4, with its ground-truth
+tracking beside it), then ``hs-track`` on the MP4 with the subject's own FLAME-format model (same model,
+so parameters compare). Seed 0 is the identity the landmark table was checked on; the others were not
+used while developing. Errors, per frame, on every frame of the clip:
+
+- landmarks: the fitted FLAME landmarks against the ground-truth ones (both in the crop, scaled to
+  512 px), all 68 and the 51 inner ones;
+- expression: mean absolute difference of the first 10 coefficients (ground truth: unit-variance codes);
+- jaw opening: |pose[6] difference| in degrees;
+- head rotation: the angle between the fitted and true rotation of the head (global x neck) relative to
+  the camera, in degrees;
+- frames per second of the whole command (reading, landmarks, masks, fit, writing).
+
+The downstream comparison of the issue (tensorf-local-deform trained on hs-track's output vs. on the
+ground-truth tracking) is not in this script yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+def head_rotation_in_camera(world_mat: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """The head's rotation (global, then neck) in an OpenGL camera with world-to-camera ``world_mat``."""
+    r = Rotation.from_rotvec(pose[:3]).as_matrix() @ Rotation.from_rotvec(pose[3:6]).as_matrix()
+    return np.asarray(world_mat)[:3, :3] @ r
+
+
+def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.degrees(Rotation.from_matrix(a.T @ b).magnitude()))
+
+
+def evaluate(subject: Path, tracked: Path) -> dict:
+    truth = json.loads(next(subject.rglob("train/flame_params.json")).read_text())
+    fit = json.loads((tracked / tracked.name / "train" / "flame_params.json").read_text())
+    fit_test = json.loads((tracked / tracked.name / "test" / "flame_params.json").read_text())
+    report = json.loads((tracked / "report.json").read_text())
+    frames_fit = fit["frames"] + fit_test["frames"]
+    crop = report["crop"]
+    size = crop["size"]
+    src = 512.0  # hs-synth's --size below
+    lm_err, inner_err, expr_err, jaw_err, rot_err = [], [], [], [], []
+    for t, (gt, ft) in enumerate(zip(truth["frames"], frames_fit)):
+        g = (np.array(gt["flame_keypoints"])[:68] + 1) / 2 * src  # integer-centre pixels of the source
+        g = (g - [crop["x0"] - 0.5, crop["y0"] - 0.5]) * size / crop["side"] - 0.5
+        f = (np.array(ft["flame_keypoints"])[:68] + 1) / 2 * size
+        d = np.linalg.norm(f - g, axis=-1) * 512.0 / size
+        lm_err.append(d.mean())
+        inner_err.append(d[17:].mean())
+        expr_err.append(np.abs(np.array(ft["expression"])[:10] - np.array(gt["expression"])[:10]).mean())
+        jaw_err.append(np.degrees(abs(ft["pose"][6] - gt["pose"][6])))
+        true_rotation = head_rotation_in_camera(np.array(gt["world_mat"]), np.array(gt["pose"]))
+        rot_err.append(angle_deg(true_rotation, head_rotation_in_camera(np.array(ft["world_mat"]), np.array(ft["pose"]))))
+    expr_scale = float(np.mean([np.abs(np.array(f["expression"])[:10]).mean() for f in truth["frames"]]))
+    return {
+        "frames": len(frames_fit),
+        "landmarks_px": float(np.mean(lm_err)),
+        "inner_landmarks_px": float(np.mean(inner_err)),
+        "expression_abs": float(np.mean(expr_err)),
+        "expression_scale": expr_scale,
+        "jaw_deg": float(np.mean(jaw_err)),
+        "head_rotation_deg": float(np.mean(rot_err)),
+        "fps": report["frames"] / report["seconds"],
+        "without_face": len(report["frames_without_face"]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 7])
+    ap.add_argument("--frames", type=int, default=60, help="frames of each synthetic clip")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="hs-bench-track-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bindir = Path(sys.executable).parent
+    rows = []
+    for seed in args.seeds:
+        subject = work / f"subject{seed}"
+        if not subject.exists():
+            subprocess.run([str(bindir / "hs-synth"), "subject", str(subject), "--size", "512", "--seed", str(seed),
+                            "--num-train", str(args.frames), "--num-test", "1", "--video"], check=True)  # fmt: skip
+        tracked = work / f"tracked{seed}"
+        if not tracked.exists():
+            t0 = time.monotonic()
+            subprocess.run([str(bindir / "hs-track"), str(subject / "video" / "train.mp4"), str(tracked),
+                            "--size", str(args.size), "--flame-path", str(subject / "flame" / "generic_model.pkl")],
+                           check=True)  # fmt: skip
+            print(f"hs-track on seed {seed}: {time.monotonic() - t0:.1f} s wall (with interpreter start)")
+        rows.append((seed, evaluate(subject, tracked)))
+    print(f"\nhs-track on synthetic clips ({args.frames} frames, 512 px source, crop {args.size} px; errors per frame, averaged)\n")
+    print("| seed | frames | landmarks (px @512) | inner 51 (px) | expression |Δ| (first 10; truth |ψ|) | jaw (°) | head rotation (°) | frames/s | no face |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for seed, r in rows:
+        print(f"| {seed}{' (table checked on it)' if seed == 0 else ''} | {r['frames']} | {r['landmarks_px']:.2f} | "
+              f"{r['inner_landmarks_px']:.2f} | {r['expression_abs']:.3f} ({r['expression_scale']:.3f}) | {r['jaw_deg']:.2f} | "
+              f"{r['head_rotation_deg']:.2f} | {r['fps']:.2f} | {r['without_face']} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
