@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Annotated, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,13 +46,12 @@ def _progress() -> Progress:
 class Track:
     """Track a video of a person's head with FLAME and write the IMavatar layout."""
 
-    source: tyro.conf.Positional[Path]
+    source: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="VIDEO_OR_FOLDER")]
     """A video file (anything PyAV reads) or a folder of images (natural name order)."""
-    output: tyro.conf.Positional[Path]
+    output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUT")]
     """The subject folder to write; must not exist."""
     flame_path: Optional[Path] = None
-    """FLAME generic_model.pkl (landmark_embedding_with_eyes.npy beside it gives the irises); else
-    $HEADSTUDIO_FLAME; else headstudio's procedural FLAME-format model."""
+    """FLAME generic_model.pkl (landmark_embedding_with_eyes.npy beside it gives the irises); else $HEADSTUDIO_FLAME; else headstudio's procedural FLAME-format model."""
     size: int = 512
     """Side of the square crop in pixels (IMavatar's preprocessing: 512)."""
     fps: Optional[float] = None
@@ -64,8 +63,7 @@ class Track:
     margin: float = 0.6
     """The crop reaches this fraction of the landmarks' extent beyond it on each side (hair, ears, neck)."""
     focal: float = 3.0
-    """Initial focal length over the crop size (IMavatar's preprocessing example: about 3.0, a 19° field of
-    view); fitted."""
+    """Initial focal length over the crop size (IMavatar's preprocessing example: about 3.0, a 19° field of view); fitted."""
     rigid_steps: int = 150
     """Adam steps on the head pose alone."""
     full_steps: int = 400

@@ -103,7 +103,7 @@ def test_console_script_is_wired(script):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("script", "words"), [("hs-synth", "subject"), ("hs-prior", "train"), ("hs-check-data", "layout")])
+@pytest.mark.parametrize(("script", "words"), [("hs-synth", "subject"), ("hs-prior", "train"), ("hs-check-data", "layout"), ("hs-track", "VIDEO_OR_FOLDER")])
 def test_other_console_scripts_are_wired(script, words):
     """As above, for the commands whose tests run their entry functions in-process (tyro's help)."""
     res = run_cli(script, "--help")
