@@ -204,25 +204,31 @@ class FlameModel(nn.Module):
         landmarks = self.landmarks(verts, rot_mats) if self.has_landmarks else verts.new_zeros(batch, 68, 3)
         return FlameOutput(verts, joints, landmarks, transforms, rest_verts, rest_joints)
 
-    def landmarks(self, vertices: Float[Tensor, "B V 3"], rot_mats: Float[Tensor, "B J 3 3"]) -> Float[Tensor, "B 68 3"]:
-        """68 landmarks: the contour row chosen by head yaw, then the 51 static ones."""
+    def landmarks(
+        self, vertices: Float[Tensor, "B V 3"], rot_mats: Float[Tensor, "B J 3 3"], faces: Optional[Int[Tensor, "F 3"]] = None
+    ) -> Float[Tensor, "B 68 3"]:
+        """68 landmarks: the contour row chosen by head yaw, then the 51 static ones. ``faces``: the mesh's faces
+        as indices into ``vertices`` (default the model's; a vertex subset passes its re-indexed faces)."""
+        faces = self.faces if faces is None else faces
         bins = dynamic_contour_bins(rot_mats)
         dyn_faces = self.lmk_dynamic_faces[bins]  # B 17
         dyn_bary = self.lmk_dynamic_bary[bins]  # B 17 3
         tri = torch.gather(
             vertices[:, None].expand(-1, dyn_faces.shape[1], -1, -1),
             2,
-            self.faces[dyn_faces].unsqueeze(-1).expand(-1, -1, -1, 3),
+            faces[dyn_faces].unsqueeze(-1).expand(-1, -1, -1, 3),
         )  # B 17 3 3
         contour = (tri * dyn_bary[..., None]).sum(-2)
-        static = faces_points(vertices, self.faces, self.lmk_static_faces, self.lmk_static_bary)
+        static = faces_points(vertices, faces, self.lmk_static_faces, self.lmk_static_bary)
         return torch.cat([contour, static], dim=1)
 
     def full_landmarks(self, vertices: Float[Tensor, "B V 3"]) -> Float[Tensor, "B 68 3"]:
         """68 landmarks from the fixed (non-dynamic) full embedding (iris points excluded)."""
         return faces_points(vertices, self.faces, self.lmk_full_faces, self.lmk_full_bary)
 
-    def iris_landmarks(self, vertices: Float[Tensor, "B V 3"]) -> Float[Tensor, "B 2 3"]:
+    def iris_landmarks(
+        self, vertices: Float[Tensor, "B V 3"], faces: Optional[Int[Tensor, "F 3"]] = None
+    ) -> Float[Tensor, "B 2 3"]:
         """The 2 iris points of a 70-point embedding, in the file's order.
 
         They are rows 68, 69 of IMavatar's tracked ``flame_keypoints`` (after the 17
@@ -235,7 +241,7 @@ class FlameModel(nn.Module):
                 f"this FLAME model has {what}, so no iris landmarks: load a 70-point embedding "
                 "such as IMavatar's landmark_embedding_with_eyes.npy"
             )
-        return faces_points(vertices, self.faces, self.lmk_iris_faces, self.lmk_iris_bary)
+        return faces_points(vertices, self.faces if faces is None else faces, self.lmk_iris_faces, self.lmk_iris_bary)
 
     def pose_feature(self, pose: Float[Tensor, "B 15"]) -> Float[Tensor, "B 36"]:
         return pose_feature(axis_angle_to_matrix(pose.reshape(pose.shape[0], -1, 3)))

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from headstudio.flame.constants import WORLD_SCALE
 from headstudio.flame.lbs import axis_angle_to_matrix, lbs
-from headstudio.flame.model import FlameModel, dynamic_contour_bins, faces_points
+from headstudio.flame.model import FlameModel
 
 CONTOUR = slice(0, 17)
 
@@ -117,13 +117,9 @@ class LandmarkFlame(torch.nn.Module):
         joints = joints[None] + torch.einsum("bk,jck->bjc", expression, self.j_exprdirs)
         rot_mats = axis_angle_to_matrix(pose.reshape(b, -1, 3))
         verts, _ = lbs(rest, self.weights, rot_mats, joints, self.parents, pose_dirs=self.posedirs)
-        flame = self.flame
-        bins = dynamic_contour_bins(rot_mats)
-        tri = verts[torch.arange(b, device=verts.device)[:, None, None], self.faces[flame.lmk_dynamic_faces[bins]]]
-        contour = (tri * flame.lmk_dynamic_bary[bins][..., None]).sum(-2)  # B 17 3: each frame its own row
-        static = faces_points(verts, self.faces, flame.lmk_static_faces, flame.lmk_static_bary)
-        iris = faces_points(verts, self.faces, flame.lmk_iris_faces, flame.lmk_iris_bary) if self.has_iris else None
-        return torch.cat([contour, static], dim=1), iris
+        landmarks = self.flame.landmarks(verts, rot_mats, faces=self.faces)
+        iris = self.flame.iris_landmarks(verts, faces=self.faces) if self.has_iris else None
+        return landmarks, iris
 
 
 def project(points: Float[Tensor, "*B N 3"], focal: Tensor, size: tuple[int, int]) -> Float[Tensor, "*B N 2"]:

@@ -110,6 +110,38 @@ def imavatar_points(normalised: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return (normalised + 1.0) * 0.5 * wh + HALF_PIXEL
 
 
+def to_imavatar_points(px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Our pixels -> IMavatar's [-1, 1] keypoints (the inverse of :func:`imavatar_points`)."""
+    return 2.0 * (np.asarray(px, dtype=np.float64) - HALF_PIXEL) / np.asarray(size, dtype=np.float64) - 1.0
+
+
+def imavatar_intrinsics(fx: float, fy: float, cx: float, cy: float, size: tuple[int, int]) -> list:
+    """IMavatar's ``intrinsics`` of a camera in our pixels (the inverse of :func:`imavatar_camera`'s K)."""
+    w, h = size
+    return _round([-fx / w, fy / h, (cx - HALF_PIXEL) / w, (cy - HALF_PIXEL) / h])
+
+
+def imavatar_frame(
+    stem: str, world_mat: np.ndarray, expression: np.ndarray, pose: np.ndarray, keypoints_px: np.ndarray,
+    box_px: np.ndarray, size: tuple[int, int],
+) -> dict:  # fmt: skip
+    """One ``frames[]`` entry as IMavatar's DECA-based preprocessing writes it: ``keypoints_px`` (68 or 70,
+    our pixels) become ``flame_keypoints``, the extent of ``box_px[:68]`` the ``bbox``."""
+    lo, hi = np.asarray(box_px)[:68].min(0), np.asarray(box_px)[:68].max(0)
+    return {
+        "file_path": f"./image/{stem}",
+        "world_mat": _round(world_mat),
+        "expression": _round(expression),
+        "pose": _round(pose),
+        "bbox": _round(np.concatenate([to_imavatar_points(lo, size), to_imavatar_points(hi, size)])),
+        "flame_keypoints": _round(to_imavatar_points(keypoints_px, size)),
+    }
+
+
+def _round(a, nd: int = 6) -> list:
+    return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
+
+
 def read_imavatar(root: Path, problems: Problems, test_sequences: tuple[str, ...] = (), test_every: int = 10) -> VideoSubject:
     """IMavatar: sequence folders with ``flame_params.json``, ``image/``, ``mask/``."""
     seq_dirs, found = imavatar_sequences(root)

@@ -27,6 +27,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from headstudio.data.formats.imavatar import imavatar_frame, imavatar_intrinsics
 from headstudio.data.synth.render import Frame, PinholeCamera
 from headstudio.flame.constants import WORLD_SCALE
 
@@ -190,32 +191,15 @@ class IMavatarWriter(LayoutWriter):
         _write_png(d / "mask" / f"{stem}.png", rec.frame.mask.numpy().astype(np.uint8) * 255)
         cam = self.camera
         w2c_gl = GL_FROM_CV @ np.concatenate([cam.R, cam.t[:, None]], 1)
-        px = np.concatenate([rec.landmarks_px, rec.iris_px]) - HALF  # integer pixel centres
-        size = np.array([cam.width, cam.height], dtype=np.float64)
-        kp = 2 * px / size - 1
-        lo, hi = px[:68].min(0), px[:68].max(0)  # DECA's bbox: of the landmarks
-        bbox = np.concatenate([2 * lo / size - 1, 2 * hi / size - 1])
-        self.frames.setdefault(seq, []).append(
-            {
-                "file_path": f"./image/{stem}",
-                "world_mat": _rounded(w2c_gl),
-                "expression": _rounded(rec.expression),
-                "pose": _rounded(rec.pose),
-                "bbox": _rounded(bbox),
-                "flame_keypoints": _rounded(kp),
-            }
-        )
+        points = np.concatenate([rec.landmarks_px, rec.iris_px])  # DECA's bbox: of the landmarks
+        frame = imavatar_frame(stem, w2c_gl, rec.expression, rec.pose, points, points, (cam.width, cam.height))
+        self.frames.setdefault(seq, []).append(frame)
 
     def _finish(self) -> None:
         cam = self.camera
-        intr = [
-            -cam.K[0, 0] / cam.width,
-            cam.K[1, 1] / cam.height,
-            (cam.K[0, 2] - HALF) / cam.width,
-            (cam.K[1, 2] - HALF) / cam.height,
-        ]
+        intr = imavatar_intrinsics(cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2], (cam.width, cam.height))
         for seq, frames in self.frames.items():
-            doc = {"shape_params": _rounded(self.shape), "intrinsics": _rounded(intr), "frames": frames}
+            doc = {"shape_params": _rounded(self.shape), "intrinsics": intr, "frames": frames}
             (self.inner / seq / "flame_params.json").write_text(json.dumps(doc))
 
 
