@@ -15,6 +15,11 @@ used while developing. Errors, per frame, on every frame of the clip:
   the camera, in degrees;
 - frames per second of the whole command (reading, landmarks, masks, fit, writing).
 
+Then, in this process, what the errors come from (``--no-analysis`` skips it): the mapped mediapipe points
+against the ground-truth landmarks by region; the fit on the ground-truth landmarks themselves; the fit on
+the detections with stronger priors; and the cost of the fit's FLAME on the landmark vertices only
+(``LandmarkFlame``) against the whole mesh.
+
 The downstream comparison of the issue (tensorf-local-deform trained on hs-track's output vs. on the
 ground-truth tracking) is not in this script yet.
 """
@@ -77,12 +82,69 @@ def evaluate(subject: Path, tracked: Path) -> dict:
     }
 
 
+REGIONS = {"contour": slice(0, 17), "brows": slice(17, 27), "nose": slice(27, 36), "eyes": slice(36, 48),
+           "lips": slice(48, 68), "irises": slice(68, 70)}  # fmt: skip
+VARIANTS = {"default": {}, "expression prior 1e-2": dict(expression_prior=1e-2),
+            "expression 1e-1, shape 1e-2": dict(expression_prior=1e-1, shape_prior=1e-2),
+            "expression 1e-2, contour 0.05": dict(expression_prior=1e-2, contour_weight=0.05)}  # fmt: skip
+
+
+def analysis(subject: Path, size: int) -> None:
+    """Where the errors come from, on one clip (see the module docstring)."""
+    import torch
+
+    from headstudio.flame.model import FlameModel
+    from headstudio.track.fit import LandmarkFitConfig, LandmarkFlame, fit_flame_to_landmarks
+    from headstudio.track.frames import face_crop, read_clip
+    from headstudio.track.landmarks import MediapipeDetector
+
+    clip = read_clip(subject / "video" / "train.mp4")
+    detector = MediapipeDetector()
+    found = [detector(f) for f in clip.frames]
+    detector.close()
+    crop = face_crop([d.mesh for d in found], size)
+    truth = json.loads(next(subject.rglob("train/flame_params.json")).read_text())["frames"]
+    gt = np.stack([crop.points((np.array(f["flame_keypoints"]) + 1) / 2 * 512 + 0.5) for f in truth])  # T 70 2
+    mapped = np.stack([crop.points(np.concatenate([d.ibug68, d.iris])) for d in found])
+    dist = np.linalg.norm(mapped - gt, axis=-1) * 512.0 / size
+    print("  mediapipe's mapped points against the ground truth (px @512): "
+          + ", ".join(f"{k} {dist[:, r].mean():.1f}" for k, r in REGIONS.items()))  # fmt: skip
+    model = subject / "flame" / "generic_model.pkl"
+    flame = FlameModel.from_file(model, landmark_path=model.with_name("landmark_embedding_with_eyes.npy"))
+    gt_t = torch.from_numpy(gt).float()
+    t0 = time.monotonic()
+    fit = fit_flame_to_landmarks(flame, gt_t[:, :68], (size, size), 3.0 * size, iris_px=gt_t[:, 68:])
+    print(f"  fit on the ground-truth landmarks: reprojection {fit.error_px.mean():.2f} px @{size}, "
+          f"{time.monotonic() - t0:.1f} s for {len(gt)} frames")  # fmt: skip
+    det = torch.from_numpy(mapped).float()
+    for name, kw in VARIANTS.items():
+        fit = fit_flame_to_landmarks(flame, det[:, :68], (size, size), 3.0 * size, iris_px=det[:, 68:],
+                                     config=LandmarkFitConfig(**kw))  # fmt: skip
+        lm = (np.linalg.norm(fit.landmarks_px.numpy() - gt[:, :68], axis=-1) * 512.0 / size).mean()
+        expr = np.abs(fit.expression[:, :10].numpy() - np.array([f["expression"][:10] for f in truth])).mean()
+        jaw = np.degrees(np.abs(fit.pose[:, 6].numpy() - np.array([f["pose"][6] for f in truth]))).mean()
+        print(f"  fit on the detections, {name}: landmarks {lm:.2f} px, expression {expr:.3f}, jaw {jaw:.2f}°")
+    sparse = LandmarkFlame(flame)
+    shape, expression, pose = fit.shape[:50], fit.expression, fit.pose
+    timings = {}
+    for name, fn in (("whole mesh", lambda: flame(shape=fit.shape[None], expression=expression, pose=pose).landmarks),
+                     ("LandmarkFlame", lambda: sparse(shape, expression, pose)[0])):  # fmt: skip
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            fn()
+        timings[name] = (time.perf_counter() - t0) / 10
+    print(f"  FLAME landmarks of {len(gt)} frames: whole mesh {1000 * timings['whole mesh']:.1f} ms, LandmarkFlame "
+          f"{1000 * timings['LandmarkFlame']:.1f} ms ({sparse.v_template.shape[0]} of {flame.num_vertices} vertices)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 7])
     ap.add_argument("--frames", type=int, default=60, help="frames of each synthetic clip")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--no-analysis", action="store_true", help="only the table")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hs-bench-track-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -108,6 +170,10 @@ def main() -> None:
         print(f"| {seed}{' (table checked on it)' if seed == 0 else ''} | {r['frames']} | {r['landmarks_px']:.2f} | "
               f"{r['inner_landmarks_px']:.2f} | {r['expression_abs']:.3f} ({r['expression_scale']:.3f}) | {r['jaw_deg']:.2f} | "
               f"{r['head_rotation_deg']:.2f} | {r['fps']:.2f} | {r['without_face']} |")  # fmt: skip
+    if not args.no_analysis:
+        for seed in args.seeds:
+            print(f"\nseed {seed}:")
+            analysis(work / f"subject{seed}", args.size)
 
 
 if __name__ == "__main__":
