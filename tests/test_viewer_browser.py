@@ -50,6 +50,13 @@ expression code, not FLAME's jaw: its jaw and expressions pick the nearest track
 (``headstudio.viewer.drive``), so there the picture must change and the neck must turn the head."""
 
 
+FRAME_MIN = 0.3
+"""Least mean change (grey levels) of the head's pixels (those darker than 200 in either picture) when the
+Frame slider moves from the first tracked frame to the last: another pose and expression. Measured: 3.5 on
+tensorf-local-deform, 1.0 on mononphm-track (its tiny Kinect sequence's frames differ little); a Frame slider
+that does nothing gives 0."""
+
+
 @pytest.fixture(scope="module")
 def page():
     """One headless Chromium for every method's viewer."""
@@ -88,7 +95,13 @@ def test_drive_panel_moves_the_jaw_and_the_expression_in_headless_chromium(metho
             page.slider_to_end("Frame")  # the last tracked frame (other expression and pose)
             assert page.slider_value("Frame") > 0
             shots["frame"] = framed = page.after_change(start, MAX_RES)
-            assert _diff(framed, start).mean() > 0.3, "the Frame slider did not change the picture"
+            if not np.any(framed != start):  # no new render came (seen once on a loaded CI machine): move again
+                page.slider_to_end("Frame", "LEFT")
+                shots["frame"] = framed = page.after_change(start, MAX_RES)
+            head = (start.mean(-1) < 200) | (framed.mean(-1) < 200)
+            frame_change = _diff(framed, start)[head].mean()
+            print(f"{method}: Frame slider change on the head's pixels {frame_change:.2f}")
+            assert frame_change > FRAME_MIN, "the Frame slider did not change the picture"
         page.slider_to_end("jaw open (rad)")  # switches the source to manual and opens the jaw
         shots["jaw"] = opened = page.after_change(framed, MAX_RES)
         page.slider_to_end("smile left")

@@ -158,7 +158,8 @@ class ViewerPage:
         return self.driver.find_element(By.ID, node.get_attribute("for"))
 
     def slider_to_end(self, label: str, end: str = "END") -> None:
-        """Move slider ``label`` to its maximum (``END``) or minimum (``HOME``) with the keyboard."""
+        """Move slider ``label`` to its maximum (``END``) or minimum (``HOME``), or one step (``LEFT``, ``RIGHT``),
+        with the keyboard (``end`` names a selenium ``Keys`` key)."""
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
 
