@@ -39,6 +39,11 @@ def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(float) - b.astype(float)).mean(-1)
 
 
+def _head(a: np.ndarray) -> np.ndarray:
+    """The head's pixels: those darker than 200 (the viewer's background is white)."""
+    return a.astype(float).mean(-1) < 200
+
+
 MAX_RES = 64
 """The viewer's Max res in the test (its slider's least): a small render keeps it short on a CPU."""
 
@@ -53,7 +58,7 @@ expression code, not FLAME's jaw: its jaw and expressions pick the nearest track
 FRAME_MIN = 0.3
 """Least mean change (grey levels) of the head's pixels (those darker than 200 in either picture) when the
 Frame slider moves from the first tracked frame to the last: another pose and expression. Measured: 3.5 on
-tensorf-local-deform, 1.0 on mononphm-track (its tiny Kinect sequence's frames differ little); a Frame slider
+tensorf-local-deform, 1.0-4.2 on mononphm-track over two runs (its tiny Kinect sequence's frames differ little); a Frame slider
 that does nothing gives 0."""
 
 
@@ -88,7 +93,7 @@ def test_drive_panel_moves_the_jaw_and_the_expression_in_headless_chromium(metho
         # The first camera is a training camera: the head fills the middle, not empty space.
         h, w = start.shape[:2]
         centre = start[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].astype(float)
-        assert (centre.mean(-1) < 200).mean() > 0.3, "the first view does not look at the head"
+        assert _head(centre).mean() > 0.3, "the first view does not look at the head"
         shots = {"start": start}
         framed = start
         if method in ("tensorf-local-deform", "mononphm-track"):
@@ -98,7 +103,7 @@ def test_drive_panel_moves_the_jaw_and_the_expression_in_headless_chromium(metho
             if not np.any(framed != start):  # no new render came (seen once on a loaded CI machine): move again
                 page.slider_to_end("Frame", "LEFT")
                 shots["frame"] = framed = page.after_change(start, MAX_RES)
-            head = (start.mean(-1) < 200) | (framed.mean(-1) < 200)
+            head = _head(start) | _head(framed)
             frame_change = _diff(framed, start)[head].mean()
             print(f"{method}: Frame slider change on the head's pixels {frame_change:.2f}")
             assert frame_change > FRAME_MIN, "the Frame slider did not change the picture"
@@ -122,7 +127,7 @@ def test_drive_panel_moves_the_jaw_and_the_expression_in_headless_chromium(metho
         assert _diff(smiled, opened).mean() > 0.01, "the expression slider did not change the picture"
         if method in JAW_MIN:
             rows = np.arange(d.shape[0])[:, None]
-            lower_face = (framed.astype(float).mean(-1) < 200) & (rows >= d.shape[0] // 2)
+            lower_face = _head(framed) & (rows >= d.shape[0] // 2)
             assert lower_face.sum() > 100, "no head pixels in the lower half of the viewport"
             print(f", lower face {d[lower_face].mean():.3f}")
             assert d[lower_face].mean() > JAW_MIN[method], f"the jaw did not change the lower face ({d[lower_face].mean():.3f})"
