@@ -1,14 +1,16 @@
 """mononphm-track on a synthetic Kinect sequence: tracking speed, where the time goes, and geometry.
 
     python bench/mononphm_track.py --prior PRIOR.ckpt [--frames 8] [--size 128] [--step-scale 0.2]
-        [--rays 500] [--tracker-error 1.0] [--variants full,no-landmarks,no-sh] [--resolution 128]
+        [--rays 500] [--tracker-error 1.0] [--fps 1.25] [--variants full,no-landmarks,no-sh] [--resolution 128]
+        [--ceiling-steps 300]
 
 (``--frames`` rendered frames of the sequence with the stronger, asymmetric expressions; MonoNPHM's
 reader repeats frame 1 as frame 0, so one more frame is tracked.)
 
 1. A Kinect sequence is synthesised (``hs-synth subject --kinect``) with simulated FLAME-tracker
    errors in the tracking it ships (``--tracker-error``; camera poses and landmarks stay exact)
-   and ground-truth meshes of every frame.
+   and ground-truth meshes of every frame, sampled at ``--fps`` (1.25: every frame another of the
+   test sequence's key expressions, so a few frames can show whether the meshes follow them).
 2. Each variant (the full method and the paper's Table 2 ablations: without the landmark loss,
    without SH lighting) is tracked by ``ns-train mononphm-track`` in its own process over the
    whole schedule at ``--step-scale`` (first frame, each later frame, then the joint stage for
@@ -20,7 +22,9 @@ reader repeats frame 1 as frame 0, so one more frame is tracked.)
    ``--resolution``: against the back-projected depth (MonoNPHM §5.1: face region, similarity
    ICP, L1-Chamfer, normal consistency, Recall@2.5 mm) and against the ground-truth mesh (no
    ICP; area samples of the whole head's face region as ground truth), for each variant and for
-   the input FLAME tracking (the baseline row, as the paper's FLAME-based rows).
+   the input FLAME tracking (the baseline row, as the paper's FLAME-based rows), and for the prior's
+   ceiling: its codes (one ``z_geo``, ``z_exp`` per frame) fitted in 3-D to the true meshes with the
+   networks frozen (``--ceiling-steps``), what a perfect photometric tracker could reach with this prior.
 5. Expression following: each frame's mesh against every evaluated frame's true mesh; the margin by
    which its own frame's is nearer (mm), and the share of frames whose nearest true mesh is their own.
 """
@@ -52,8 +56,30 @@ def make_sequence(root: Path, args) -> Path:
     # The tracked sequence is the subject's 'test' sequence (stronger, asymmetric expressions and jaw openings);
     # its 'train' sequence (2 frames) is the one ns-eval would hold out (--test-sequences train below).
     make_subject(out, SubjectConfig(size=args.size, num_train=2, num_test=args.frames, kinect=True,
-                                    tracker_error=args.tracker_error))  # fmt: skip
+                                    tracker_error=args.tracker_error, fps=args.fps))  # fmt: skip
     return out
+
+
+VIDEO_FPS = 25.0
+"""Frame rate the temporal smoothness weights of mononphm-track are meant for (consecutive video frames)."""
+
+
+def tv_arguments(fps: float) -> list[str]:
+    """Total-variation weights for a sequence sampled at ``fps``: the defaults times (fps / 25)^2.
+
+    For motion smooth in time the change between frames dt apart grows with dt, its square with dt^2;
+    scaling the weights by (dt_video / dt)^2 keeps their pull on such motion what it is at the video rate
+    (at 1.25 frames/s, frames 0.8 s apart, the defaults would pin every frame to its neighbours')."""
+    from headstudio.models.mononphm_track import MonoNPHMTrackModelConfig
+
+    if fps >= VIDEO_FPS:
+        return []
+    base, k = MonoNPHMTrackModelConfig(), (fps / VIDEO_FPS) ** 2
+    return [
+        "--pipeline.model.tv-expression-mult", f"{base.tv_expression_mult * k:g}",
+        "--pipeline.model.tv-rotation-mult", f"{base.tv_rotation_mult * k:g}",
+        "--pipeline.model.tv-translation-mult", f"{base.tv_translation_mult * k:g}",
+    ]  # fmt: skip
 
 
 def track(subject: Path, variant: str, args, root: Path, num_images: int) -> tuple[Path, float, int]:
@@ -68,7 +94,8 @@ def track(subject: Path, variant: str, args, root: Path, num_images: int) -> tup
         "--steps-per-eval-batch", str(10 * steps), "--steps-per-eval-image", str(10 * steps),
         "--pipeline.model.prior", str(args.prior), "--pipeline.datamanager.schedule.step-scale", str(args.step_scale),
         "--pipeline.datamanager.train-num-rays-per-batch", str(args.rays), "--output-dir", str(out),
-        "--pipeline.datamanager.dataparser.test-sequences", "train", *VARIANTS[variant], "--data", str(subject),
+        "--pipeline.datamanager.dataparser.test-sequences", "train", *tv_arguments(args.fps), *VARIANTS[variant],
+        "--data", str(subject),
     ]  # fmt: skip
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -111,11 +138,50 @@ def profile_steps(config: Path, steps: int = 10) -> dict[str, float]:
     return out
 
 
-def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = False, save: Path | None = None) -> dict[str, float]:
-    """Mean metrics over every --eval-every-th tracked frame: against depth and against the GT mesh."""
+def true_vertices(model, meta: dict, frame: int, cache: dict) -> np.ndarray:
+    """Ground-truth vertices of a tracked frame (world units): the true FLAME parameters of the frame
+    (gt/<seq>/flame.npz), head pose removed (the Kinect world is the head's frame: the cameras carry it)."""
+    from headstudio.data.track import FlameTrack
+
+    table = meta["frame_table"]
+    seq = table["sequence"][frame]
+    if seq not in cache:
+        cache[seq] = dict(np.load(Path(meta["subject_root"]) / "gt" / seq / "flame.npz"))
+    gt = cache[seq]
+    stem = Path(table["image"][frame]).stem
+    stems = [str(x) for x in gt["stem"]]
+    # Source frame 0 repeats rendered frame 0 (ground-truth stem 00001): MonoNPHM reads tracker frame t - 1.
+    k = stems.index(stem if stem in stems else f"{max(int(stem), 1):05d}")
+    pose = gt["pose"][k].copy()
+    pose[:3] = 0.0
+    track = FlameTrack(model.subject.track.flame, torch.as_tensor(gt["shape"], dtype=torch.float32),
+                       torch.as_tensor(gt["expression"][k : k + 1], dtype=torch.float32),
+                       torch.as_tensor(pose[None], dtype=torch.float32), world_scale=float(meta["world_scale"]))  # fmt: skip
+    return track.vertices[0].cpu().numpy()
+
+
+def ceiling_meshes(model, meta: dict, frames: list[int], args) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The prior's ceiling: one z_geo and per-frame z_exp fitted in 3-D to the frames' true meshes (what a
+    scanner would see of them), networks frozen; each frame's posed mesh (world units)."""
+    from headstudio.data.scans import observed_surface_samples
+    from headstudio.prior.inspect import fit_sequence_codes, posed_mesh
+
+    cache: dict = {}
+    faces = model.subject.faces.cpu()
+    gen = torch.Generator().manual_seed(0)
+    surfaces = [observed_surface_samples(torch.as_tensor(true_vertices(model, meta, f, cache)), faces, 20_000, gen)
+                for f in frames]  # fmt: skip
+    codes = fit_sequence_codes(model.prior, surfaces, steps=args.ceiling_steps)
+    return {f: posed_mesh(model.prior, {k: v[i : i + 1] for k, v in codes.items()}, args.resolution) for i, f in enumerate(frames)}
+
+
+def geometry(config: Path, args, source: str = "model", save: Path | None = None) -> dict[str, float]:
+    """Mean metrics over every --eval-every-th tracked frame: against depth and against the GT mesh.
+
+    ``source``: the tracked model's meshes, the input FLAME tracking's ("flame") or the prior's ceiling
+    ("ceiling", :func:`ceiling_meshes`)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from headstudio.data.track import FlameTrack
     from headstudio.export.frame_mesh import FrameMesher
     from headstudio.metrics.depth_geometry import DepthForeground, FrameCamera, evaluate_depth_frame, mesh_geometry
 
@@ -123,20 +189,21 @@ def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = 
     model = pipeline.model
     ds = pipeline.datamanager.train_dataset
     meta = ds.metadata
-    table = meta["frame_table"]
     mesher = FrameMesher(model, resolution=args.resolution)
-    subject_root = Path(meta["subject_root"])
     world_scale = float(meta["world_scale"])
     rows = {"depth": [], "gt": []}
     image_of_frame = {int(f): i for i, f in enumerate(ds.cameras.metadata["frame_index"].reshape(-1))}
     tracked = model.tracked_frames[:: args.eval_every]
+    ceiling = ceiling_meshes(model, meta, tracked, args) if source == "ceiling" else {}
     gt_cache: dict[str, dict] = {}
     meshes, gts = [], []
     for frame in tracked:
         i = image_of_frame[frame]
-        if flame:
+        if source == "flame":
             verts = model.subject.track.vertices[frame].cpu().numpy()
             faces = model.subject.faces.cpu().numpy()
+        elif source == "ceiling":
+            verts, faces = ceiling[frame]
         else:
             verts, faces = mesher(frame)
         cam = ds.cameras[i]
@@ -145,27 +212,13 @@ def geometry(config: Path, args, frames: list[int] | None = None, flame: bool = 
         res = evaluate_depth_frame(verts, faces, meta["eval_depth_filenames"][i], meta["segmentation_filenames"][i], camera,
                                    float(meta["eval_depth_to_world"]), 1.0 / world_scale, 0.0025, DepthForeground())  # fmt: skip
         rows["depth"].append(res)
-        # Ground truth: the true FLAME parameters of the frame (gt/<seq>/flame.npz), head pose removed (the
-        # Kinect world is the head's frame: the cameras carry the pose).
-        seq = table["sequence"][frame]
-        if seq not in gt_cache:
-            gt_cache[seq] = dict(np.load(subject_root / "gt" / seq / "flame.npz"))
-        gt = gt_cache[seq]
-        stem = Path(table["image"][frame]).stem
-        stems = [str(x) for x in gt["stem"]]
-        # Source frame 0 repeats rendered frame 0 (ground-truth stem 00001): MonoNPHM reads tracker frame t - 1.
-        k = stems.index(stem if stem in stems else f"{max(int(stem), 1):05d}")
-        pose = gt["pose"][k].copy()
-        pose[:3] = 0.0
-        track = FlameTrack(model.subject.track.flame, torch.as_tensor(gt["shape"], dtype=torch.float32),
-                           torch.as_tensor(gt["expression"][k : k + 1], dtype=torch.float32),
-                           torch.as_tensor(pose[None], dtype=torch.float32), world_scale=world_scale)  # fmt: skip
-        gt_verts = track.vertices[0].cpu().numpy()
+        gt_verts = true_vertices(model, meta, frame, gt_cache)
         meshes.append((verts, faces))
         gts.append(gt_verts)
         if save is not None:  # for looking at them (PLY)
             from headstudio.export.ply import write_ply
 
+            save.mkdir(parents=True, exist_ok=True)
             write_ply(save / f"frame_{frame:05d}.ply", np.asarray(verts, np.float32), np.asarray(faces))
             write_ply(save / f"gt_{frame:05d}.ply", gt_verts.astype(np.float32), model.subject.faces.cpu().numpy())
         rows["gt"].append(mesh_geometry(verts, faces, gt_verts, model.subject.faces.cpu().numpy(), 0.0025, 1.0 / world_scale,
@@ -205,16 +258,22 @@ def main() -> None:
     ap.add_argument("--step-scale", type=float, default=0.2)
     ap.add_argument("--rays", type=int, default=500)
     ap.add_argument("--tracker-error", type=float, default=1.0)
+    ap.add_argument("--fps", type=float, default=1.25,
+                    help="frame rate the sequence is sampled at; at 1.25 each frame shows another of the test "
+                         "sequence's key expressions (they change every 0.8 s), so following them can be measured")
     ap.add_argument("--variants", default="full,no-landmarks,no-sh")
     ap.add_argument("--resolution", type=int, default=128, help="marching-cubes resolution of the meshes")
     ap.add_argument("--eval-every", type=int, default=2)
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--ceiling-steps", type=int, default=300,
+                    help="steps of the 3-D fit of the prior's codes to the true meshes (its ceiling row); 0: no such row")
     args = ap.parse_args()
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-mononphm-"))
     root.mkdir(parents=True, exist_ok=True)
     subject = make_sequence(root, args)
     num_images = len(list((subject / "test" / "source").glob("*.png")))
-    print(f"sequence: {subject} ({num_images} tracked frames at {args.size} px, tracker error {args.tracker_error})")
+    print(f"sequence: {subject} ({num_images} tracked frames at {args.size} px, {args.fps:g} frames/s, tracker error "
+          f"{args.tracker_error}); smoothness weights: {' '.join(tv_arguments(args.fps)) or 'the defaults'}")  # fmt: skip
     results, timing = {}, {}
     for variant in args.variants.split(","):
         config, seconds, steps = track(subject, variant, args, root, num_images)
@@ -222,7 +281,11 @@ def main() -> None:
         print(f"{variant}: {steps} steps in {seconds:.0f} s ({config})", flush=True)
         results[variant] = geometry(config, args, save=root / "meshes" / variant)
         if variant == "full":
-            results["FLAME tracking (input)"] = geometry(config, args, flame=True, save=root / "meshes" / "flame")
+            results["FLAME tracking (input)"] = geometry(config, args, source="flame", save=root / "meshes" / "flame")
+            if args.ceiling_steps > 0:
+                results["prior fitted to the true meshes in 3-D (ceiling)"] = geometry(
+                    config, args, source="ceiling", save=root / "meshes" / "ceiling"
+                )
             parts = profile_steps(config)
     print("\nSpeed (ns-train wall time over the whole schedule, this CPU):\n")
     print("| variant | steps | wall time | s/step | frames/min |")

@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--query-points", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-reconstruction", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true", help="only the reconstruction half (the cost half needs no prior)")
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -122,6 +123,8 @@ def main() -> None:
         rows = reconstruction(args)
         print("\nReconstruction after fitting codes (networks frozen):\n")
         print_table(["scans", "count", "L1-Chamfer (FLAME mm)", "normal consistency", "F-score @2.5 mm", "fit + mesh s/scan"], rows)
+    if args.skip_cost:
+        return
     costs = run_variants(__file__, ["8", "65"], ["--query-points", str(args.query_points), "--repeats", str(args.repeats)])
     print(f"\nOne batch of {args.query_points} queries, SDF + gradient + backward, paper-sized ensemble:\n")
     print_table(

@@ -142,6 +142,11 @@ def test_posed_anchors_satisfy_the_backward_deformation(pipeline):
 
 def test_datamanager_serves_the_scheduled_frame_and_losses_backpropagate(pipeline):
     dm, model = pipeline.datamanager, pipeline.model
+    # Identity codes start at the prior's mean identity code (code_origin "mean"; the tiny prior has one identity).
+    start = model.codes(model.tracked_frames[0])
+    assert torch.allclose(start["geo"], model.prior.z_geo.weight.mean(0, keepdim=True))
+    assert torch.allclose(start["app"], model.prior.z_app.weight.mean(0, keepdim=True))
+    assert float(start["geo"].norm()) > 0 and float(model.z_geo.detach().norm()) == 0.0
     sched = dm.schedule
     for step in (0, sched.first, sched.first + sched.per_frame, sched.joint_start + 3):
         bundle, batch = dm.next_train(step)

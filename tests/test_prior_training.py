@@ -58,6 +58,29 @@ def test_tiny_prior_overfits_two_scans_saves_and_resumes(scan_set, tmp_path):
     train_prior(scan_set, PriorTrainConfig(epochs=32, **QUICK), out, resume=True, progress=lambda e, n, losses: more.append(e))
     assert more == [31, 32] and torch.load(out, weights_only=True)["epoch"] == 32
 
+    # Fitting a sequence's codes in 3-D (the tracking bench's ceiling): surfaces the prior itself makes at one
+    # z_geo and two z_exp; fitted from zero codes (one shared z_geo, a z_exp each), they end nearer the zero level set.
+    from headstudio.ops.mesh import sample_surface
+    from headstudio.prior.inspect import fit_sequence_codes, posed_mesh
+
+    gen = torch.Generator().manual_seed(0)
+    dim, e_dim = model.field.code_dim, TINY.deformation.expression_code
+    target = {"geo": (0.3 * torch.randn(1, dim, generator=gen)).expand(2, -1), "app": torch.zeros(2, dim),
+              "exp": torch.randn(2, e_dim, generator=gen)}  # fmt: skip
+    surfaces = []
+    for i in range(2):
+        v, f = posed_mesh(model, {k: t[i : i + 1] for k, t in target.items()}, resolution=40)
+        _, _, pts, nrm = sample_surface(torch.as_tensor(v), torch.as_tensor(f.astype("int64")), 3000, gen)
+        surfaces.append((pts.float(), nrm.float()))
+    fitted = fit_sequence_codes(model, surfaces, steps=60, lr=2e-2, points=300)
+    assert fitted["exp"].shape == (2, e_dim) and torch.equal(fitted["geo"][0], fitted["geo"][1])
+    pts = torch.stack([p[:500] for p, _ in surfaces])
+    with torch.no_grad():
+        before = model.posed(pts, {k: torch.zeros_like(v) for k, v in fitted.items()}, colour=False)["sdf"].abs().mean()
+        after = model.posed(pts, fitted, colour=False)["sdf"].abs().mean()
+    assert after < 0.75 * before
+    assert all(p.requires_grad for p in model.parameters())  # the networks are unfrozen again
+
 
 def test_foreign_or_truncated_checkpoints_are_refused_in_one_line(tmp_path):
     other = tmp_path / "other.ckpt"

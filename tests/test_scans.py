@@ -105,6 +105,13 @@ def test_observed_surface_only(scan_set):
     eye_centers = np.stack([a["vertices"][t.part == p].mean(0) for p in (P.EYE_L, P.EYE_R)])
     toward = a["surface_points"][eyes] - eye_centers[(part[eyes] == P.EYE_R).astype(int)]
     assert eyes.sum() > 0 and (toward[:, 2] > 0).all()  # only the front caps
+    # The same sampler for any posed mesh of the topology (the tracking bench's ceiling fit uses it).
+    from headstudio.data.scans import observed_surface_samples
+
+    pts, nrm = observed_surface_samples(torch.as_tensor(a["vertices"]), torch.as_tensor(ss.faces), 3000, torch.Generator().manual_seed(0))
+    assert pts.shape == (3000, 3) and torch.allclose(nrm.norm(dim=-1), torch.ones(3000), atol=1e-5)
+    _, dist, tri = trimesh.proximity.closest_point(mesh, pts.numpy())
+    assert dist.max() < 1e-4 and not np.isin(t.face_part[tri], [P.MOUTH, P.TEETH_UP, P.TEETH_LOW]).any()
 
 
 def test_near_points(scan_set):

@@ -322,6 +322,18 @@ def _draw(
     return tuple(torch.cat([g[k] for g in got])[:count] for k in range(4))  # type: ignore[return-value]
 
 
+def observed_surface_samples(
+    verts: torch.Tensor, faces: torch.Tensor, count: int, gen: torch.Generator, box: tuple = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` area-uniform samples (points, outward normals) of what the virtual scanner sees of a
+    posed FLAME-topology mesh (world units), as a scan's surface samples are drawn."""
+    box_min, box_max = (np.asarray(b, dtype=np.float64) for b in (box or (ScanSetConfig.box_min, ScanSetConfig.box_max)))
+    face_part = torch.as_tensor(P.build_template().face_part, dtype=torch.long)
+    scanner = _Scanner(verts, faces, face_part, (box_min + box_max) / 2)
+    _, _, pts, nrm = _draw(verts, faces, face_part, count, gen, scanner)
+    return pts, nrm / nrm.norm(dim=-1, keepdim=True)
+
+
 def _bary_points(verts: torch.Tensor, faces: torch.Tensor, face: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
     return (verts[faces[face]] * bary[..., None]).sum(-2)
 

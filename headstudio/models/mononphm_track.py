@@ -8,8 +8,9 @@ The whole story:
    (:mod:`headstudio.deformers.nphm_backward`). What is optimised (§4, eq. 6): ``z_geo`` and
    ``z_app`` of the sequence, ``z_exp`` per frame, the head rotation and translation per frame
    (offsets to the tracked FLAME head pose, world units = the prior's), and 3-band spherical
-   harmonics lighting (9 coefficients per colour channel), all codes starting at zero and the
-   light uniform (§4.6).
+   harmonics lighting (9 coefficients per colour channel), the light uniform and the codes at
+   their origin (§4.6: zero; here by default the mean of the prior's identity codes, which is
+   MonoNPHM's zero for a prior of many identities: ``code_origin``).
 2. Rendering (§4.1-4.2): camera rays are taken into the frame's head (posed) space by the inverse
    head pose; 32 coarse samples in the head box place 32 importance samples by NeuS weights
    (:mod:`headstudio.rendering.neus`); at those the backward deformation gives canonical points,
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,12 @@ class MonoNPHMTrackModelConfig(HeadModelConfig):
     """Shade the albedo with SH lighting (§4.2); False: the ablation without it (supp. C.2)."""
     background_color: str = "white"
     """Colour behind the head; matches the dataparser's compositing colour."""
+    code_origin: Literal["mean", "zero"] = "mean"
+    """Where ``z_geo`` and ``z_app`` start, and what their priors (eq. 12) pull them towards: "mean", the mean of
+    the prior's trained identity codes (ours), or "zero" (§4.6). MonoNPHM's prior, trained on 473 identities
+    with a zero-mean code regulariser, has its code mean near 0, so both agree there; a prior of a few
+    identities (the CPU preset's 6) has a mean far from 0 (norm 0.22 against a spread of 0.18-0.33 about it),
+    and its zero code is no head but a blob."""
     # --- losses
     rgb_loss_mult: float = 1.0
     """L1 colour loss on foreground pixels (§4.3)."""
@@ -209,6 +216,10 @@ class MonoNPHMTrackModel(HeadModel):
         for key in ("camera_to_world", "intrinsics", "landmarks", "image_size"):
             self.register_buffer(f"frame_{key}", torch.as_tensor(table[key], dtype=torch.float32), persistent=False)
         n, dim = self.subject.num_frames, prior.field.code_dim
+        # z_geo and z_app are offsets to the code origin (config.code_origin); the priors act on the offsets.
+        origin = cfg.code_origin == "mean"
+        self.register_buffer("geo_origin", prior.z_geo.weight.detach().mean(0, keepdim=True) * origin, persistent=False)
+        self.register_buffer("app_origin", prior.z_app.weight.detach().mean(0, keepdim=True) * origin, persistent=False)
         self.z_geo = Parameter(torch.zeros(1, dim))
         self.z_app = Parameter(torch.zeros(1, dim))
         self.z_exp = FrameCodes(n, prior.sizes.deformation.expression_code, self.tracked_frames, init_std=0.0, sparse=True)
@@ -310,7 +321,7 @@ class MonoNPHMTrackModel(HeadModel):
         geo, app = self.z_geo, self.z_app
         if self.frozen_identity():
             geo, app = geo.detach(), app.detach()
-        return {"geo": geo, "app": app, "exp": self.z_exp(idx)}
+        return {"geo": self.geo_origin + geo, "app": self.app_origin + app, "exp": self.z_exp(idx)}
 
     def head_pose(self, frame: int) -> Tuple[Float[Tensor, "3 3"], Float[Tensor, "3"]]:
         """Head-to-world rotation and translation of a frame: the tracked FLAME pose and the learnt offsets."""
@@ -477,7 +488,9 @@ class MonoNPHMTrackModel(HeadModel):
                 + cfg.prior_global_geo_mult * g_geo.square().sum()
                 + cfg.prior_global_app_mult * g_app.square().sum()
             )
-            out["symmetry"] = cfg.symmetry_mult * (field.symmetry_loss(self.z_geo) + field.symmetry_loss(self.z_app))
+            out["symmetry"] = cfg.symmetry_mult * (
+                field.symmetry_loss(self.geo_origin + self.z_geo) + field.symmetry_loss(self.app_origin + self.z_app)
+            )
         idx = torch.tensor([frame], device=self.z_geo.device)
         out["expression_prior"] = cfg.prior_expression_mult * self.z_exp(idx).square().sum()
         k = self.position_of.get(frame)

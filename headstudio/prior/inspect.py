@@ -98,3 +98,60 @@ def fit_scan(
     _, _, pts, nrm = sample_surface(torch.as_tensor(verts, dtype=torch.float64), torch.as_tensor(faces.astype(np.int64)), n, gen)
     dist = surface_distance(pts.numpy(), nrm.numpy(), scan["surface_points"], scan["surface_normals"], threshold=0.01)
     return FitResult(fitted, dist, last)
+
+
+def fit_sequence_codes(
+    model: NPHMPrior,
+    surfaces: list[tuple[Tensor, Tensor]],
+    steps: int = 300,
+    lr: float = 5e-3,
+    points: int = 2000,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> dict[str, Tensor]:
+    """Codes of a sequence fitted in 3-D to its surfaces with frozen networks: one ``z_geo`` (and
+    ``z_app``) shared by all, one ``z_exp`` per surface, as tracking optimises them.
+
+    ``surfaces``: per frame, surface points and outward normals (world units). Geometry only: the
+    level-set, normal and eikonal terms and the code priors of the training losses (colour,
+    anchors and correspondences weigh 0). This is what the prior can represent of a sequence, the
+    ceiling of a photometric tracker that uses it. Returns codes with ``len(surfaces)`` rows."""
+    n = len(surfaces)
+    dim, e_dim = model.field.code_dim, model.sizes.deformation.expression_code
+    geo = torch.zeros(1, dim, requires_grad=True)
+    exp = torch.zeros(n, e_dim, requires_grad=True)
+    app = torch.zeros(1, dim)
+    opt = torch.optim.Adam([geo, exp], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    weights = LossWeights(anchors=0.0, correspondence=0.0, colour=0.0)
+    pts = [torch.as_tensor(p, dtype=torch.float32) for p, _ in surfaces]
+    nrm = [torch.as_tensor(q, dtype=torch.float32) for _, q in surfaces]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for step in range(steps):
+            rows = [torch.randint(0, len(p), (points,), generator=gen) for p in pts]
+            surf = torch.stack([p[r] for p, r in zip(pts, rows)])
+            near_rows = [torch.randint(0, len(p), (points // 2,), generator=gen) for p in pts]
+            near = torch.stack([p[r] for p, r in zip(pts, near_rows)])
+            near = near + 0.01 * torch.randn(near.shape, generator=gen)  # eikonal points about the surface
+            batch = {
+                "surface_points": surf,
+                "surface_normals": torch.stack([q[r] for q, r in zip(nrm, rows)]),
+                "near_points": near,
+                "surface_colors": torch.zeros_like(surf),
+                "near_colors": torch.zeros_like(near),
+                "anchors": torch.zeros(n, model.field.num_anchors, 3),
+            }
+            codes = {"geo": geo.expand(n, -1), "app": app.expand(n, -1), "exp": exp}
+            losses = prior_losses(model, batch, weights, with_correspondences=False, codes=codes)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+            if progress is not None:
+                progress(step + 1, steps)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {"geo": geo.detach().expand(n, -1), "app": app.expand(n, -1), "exp": exp.detach()}
