@@ -152,7 +152,8 @@ class MonoNPHMTrackModelConfig(HeadModelConfig):
     symmetry_mult: float = 0.01
     """NPHM's symmetry loss on the local codes of z_geo and z_app (§4.5; the authors' code: 1)."""
     tv_expression_mult: float = 20.0
-    """Squared difference of z_exp to the neighbouring frames (eq. 13; the authors' code: 2000)."""
+    """Squared difference of z_exp to the neighbouring frames (eq. 13; the authors' code: 2000). The three TV weights
+    are for consecutive video frames; for frames sampled far apart scale them down (bench: by (fps / 25)^2)."""
     tv_rotation_mult: float = 500.0
     """Of the rotation offsets, radians (eq. 13, lambda_rot; the authors' code: 50000)."""
     tv_translation_mult: float = 5000.0
