@@ -154,6 +154,39 @@ def test_hs_synth_writes_the_sequences_as_videos(synthetic_video):
     assert read_clip(synthetic_video / "video" / "test.mp4").frames[0].std() > 10
 
 
+def test_a_phone_video_s_display_rotation_is_applied(tmp_path):
+    """Phones record portrait video as landscape pixels plus a display matrix in the MP4's track header."""
+    import struct
+
+    import av
+
+    from headstudio.track.frames import read_clip
+
+    plain = tmp_path / "plain.mp4"
+    with av.open(str(plain), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:, :16] = 255  # a white band on the left
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = plain.read_bytes()
+    identity = struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    track_header = data.find(identity, data.find(identity) + 1)  # the second matrix: the video track's (tkhd)
+    quarter = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)  # (p, q) -> (-q, p): clockwise on screen
+    turned = tmp_path / "turned.mp4"
+    turned.write_bytes(data[:track_header] + quarter + data[track_header + len(identity) :])
+    clip = read_clip(plain)
+    assert clip.rotation == 0 and clip.frames[0].shape == (32, 64, 3)
+    clip = read_clip(turned)
+    assert clip.rotation == 90 and len(clip.frames) == 3 and clip.frames[0].shape == (64, 32, 3)
+    rows = clip.frames[0][..., 0].mean(1)
+    assert rows[:14].min() > 200 and rows[18:].max() < 60  # turned clockwise: the left band is now on top
+
+
 @pytest.mark.e2e
 def test_hs_track_writes_an_imavatar_subject_the_dataparser_reads(synthetic_video, tmp_path):
     pytest.importorskip("mediapipe", reason="mediapipe missing: pip install --no-deps mediapipe==0.10.9 (.ci/run does)")

@@ -22,6 +22,8 @@ class Clip:
     """RGB uint8 [H, W, 3] each, all one size."""
     fps: float
     source: Path
+    rotation: int = 0
+    """Degrees the frames were turned, clockwise, to stand upright (a video's display matrix, as phones record)."""
 
 
 def _natural_key(path: Path):
@@ -32,7 +34,9 @@ def read_clip(source: Path, fps: Optional[float] = None, max_frames: Optional[in
     """Frames of a video file or an image folder (natural name order: 2.png before 10.png).
 
     ``fps`` keeps about that many frames per second of a video (every k-th frame); for a folder it is the
-    rate to record (25 by default)."""
+    rate to record (25 by default). A video's display rotation (the container's display matrix, which
+    phones write instead of turning the pixels) is applied, to the nearest quarter turn, so the frames
+    stand as a player shows them."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
@@ -63,17 +67,21 @@ def read_clip(source: Path, fps: Optional[float] = None, max_frames: Optional[in
         rate = float(stream.average_rate or 25.0)
         step = max(1, round(rate / fps)) if fps else 1
         frames = []
+        turns = 0
         try:
             for i, frame in enumerate(container.decode(stream)):
+                if i == 0:  # PyAV: counter-clockwise degrees of the display matrix; -90 = a quarter turn clockwise
+                    turns = round(float(getattr(frame, "rotation", 0) or 0) / 90.0) % 4
                 if i % step == 0:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    rgb = frame.to_ndarray(format="rgb24")
+                    frames.append(np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb)
                 if max_frames and len(frames) >= max_frames:
                     break
         except av.error.FFmpegError as exc:
             raise DataError(f"{source}: decoding failed after {len(frames)} frames ({exc})") from None
     if not frames:
         raise DataError(f"{source}: the video has no frames")
-    return Clip(frames, rate / step, source)
+    return Clip(frames, rate / step, source, rotation=(-90 * turns) % 360)
 
 
 @dataclass
