@@ -20,8 +20,10 @@ against the ground-truth landmarks by region; the fit on the ground-truth landma
 the detections with stronger priors; and the cost of the fit's FLAME on the landmark vertices only
 (``LandmarkFlame``) against the whole mesh.
 
-The downstream comparison of the issue (tensorf-local-deform trained on hs-track's output vs. on the
-ground-truth tracking) is not in this script yet.
+Downstream (``--downstream-iters N`` > 0, first seed only): ``hs-track --size --downstream-size`` on the same
+clip, and tensorf-local-deform trained for N iterations (``ns-train``, CPU) on its output and on the same
+crops with the ground-truth tracking written into the crop's camera (the truth's intrinsics moved and
+scaled by the crop); ``ns-eval`` on the test split (the clip's last 10 %, every frame) of each: the PSNR gap.
 """
 
 from __future__ import annotations
@@ -80,6 +82,68 @@ def evaluate(subject: Path, tracked: Path) -> dict:
         "fps": report["frames"] / report["seconds"],
         "without_face": len(report["frames_without_face"]),
     }
+
+
+def truth_in_crop(subject: Path, tracked: Path, out: Path) -> Path:
+    """``tracked``'s subject (its crops and masks) with the ground-truth tracking in the crop's camera."""
+    import shutil
+
+    from headstudio.data.formats.imavatar import imavatar_camera, imavatar_intrinsics, imavatar_points, to_imavatar_points
+
+    truth = json.loads(next(subject.rglob("train/flame_params.json")).read_text())
+    crop = json.loads((tracked / "report.json").read_text())["crop"]
+    s, corner, size = crop["size"] / crop["side"], np.array([crop["x0"], crop["y0"]]), (crop["size"], crop["size"])
+    src = (512, 512)  # hs-synth's --size below
+    _, K = imavatar_camera(np.array(truth["frames"][0]["world_mat"]), np.array(truth["intrinsics"]), src)
+    intrinsics = imavatar_intrinsics(K[0] * s, K[1] * s, (K[2] - corner[0]) * s, (K[3] - corner[1]) * s, size)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(tracked, out)
+    inner = out / tracked.name
+    t = 0
+    for split in ("train", "test"):
+        path = inner / split / "flame_params.json"
+        doc = json.loads(path.read_text())
+        doc["shape_params"], doc["intrinsics"] = truth["shape_params"], intrinsics
+        for frame in doc["frames"]:
+            gt = truth["frames"][t]
+            kp = (imavatar_points(np.array(gt["flame_keypoints"]), src) - corner) * s
+            frame.update(world_mat=gt["world_mat"], expression=gt["expression"], pose=gt["pose"],
+                         flame_keypoints=to_imavatar_points(kp, size).tolist())  # fmt: skip
+            t += 1
+        path.write_text(json.dumps(doc))
+    return out
+
+
+def downstream(bindir: Path, data: Path, out: Path, iters: int, flame: Path) -> dict:
+    """tensorf-local-deform trained on ``data`` for ``iters`` iterations with the FLAME-format model ``flame``;
+    ns-eval's test metrics."""
+    import os
+
+    env = {**os.environ, "HEADSTUDIO_FLAME": str(flame)}
+    run = out / "run"
+    if not (out / "eval.json").exists():
+        cmd = [str(bindir / "ns-train"), "tensorf-local-deform", "--machine.device-type", "cpu", "--vis", "tensorboard",
+               "--max-num-iterations", str(iters), "--steps-per-save", str(iters), "--steps-per-eval-batch", str(10 * iters),
+               "--steps-per-eval-image", str(10 * iters), "--steps-per-eval-all-images", str(10 * iters),
+               "--pipeline.model.schedule-scale", f"{iters / 25000:g}", "--pipeline.model.final-resolution", "128",
+               "--pipeline.test-time-steps", "20", "--output-dir", str(run), "--data", str(data),
+               "--pipeline.datamanager.dataparser.test-every", "1"]  # fmt: skip
+        t0 = time.monotonic()
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            raise SystemExit(f"ns-train on {data} failed:\n{res.stderr[-2000:]}")
+        seconds = time.monotonic() - t0
+        (config,) = run.rglob("config.yml")
+        res = subprocess.run([str(bindir / "ns-eval"), "--load-config", str(config), "--output-path", str(out / "eval.json")],
+                             capture_output=True, text=True, env=env)  # fmt: skip
+        if res.returncode != 0:
+            raise SystemExit(f"ns-eval of {config} failed:\n{res.stderr[-2000:]}")
+        doc = json.loads((out / "eval.json").read_text())
+        doc["train_seconds"] = seconds
+        (out / "eval.json").write_text(json.dumps(doc))
+    doc = json.loads((out / "eval.json").read_text())
+    return {**doc["results"], "train_seconds": doc.get("train_seconds", float("nan"))}
 
 
 REGIONS = {"contour": slice(0, 17), "brows": slice(17, 27), "nose": slice(27, 36), "eyes": slice(36, 48),
@@ -145,6 +209,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-analysis", action="store_true", help="only the table")
+    ap.add_argument("--downstream-iters", type=int, default=300, help="tensorf-local-deform iterations per run; 0: skip")
+    ap.add_argument("--downstream-size", type=int, default=128, help="hs-track crop size for the downstream runs")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hs-bench-track-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -170,6 +236,26 @@ def main() -> None:
         print(f"| {seed}{' (table checked on it)' if seed == 0 else ''} | {r['frames']} | {r['landmarks_px']:.2f} | "
               f"{r['inner_landmarks_px']:.2f} | {r['expression_abs']:.3f} ({r['expression_scale']:.3f}) | {r['jaw_deg']:.2f} | "
               f"{r['head_rotation_deg']:.2f} | {r['fps']:.2f} | {r['without_face']} |")  # fmt: skip
+    if args.downstream_iters > 0:
+        seed = args.seeds[0]
+        subject, small = work / f"subject{seed}", work / f"tracked{seed}_{args.downstream_size}"
+        if not small.exists():
+            subprocess.run([str(bindir / "hs-track"), str(subject / "video" / "train.mp4"), str(small),
+                            "--size", str(args.downstream_size), "--flame-path", str(subject / "flame" / "generic_model.pkl")],
+                           check=True, capture_output=True)  # fmt: skip
+        truth = truth_in_crop(subject, small, work / f"truth{seed}_{args.downstream_size}")
+        flame = subject / "flame" / "generic_model.pkl"
+        runs = {"hs-track's tracking": downstream(bindir, small, work / f"down{seed}_track", args.downstream_iters, flame),
+                "ground-truth tracking": downstream(bindir, truth, work / f"down{seed}_truth", args.downstream_iters, flame)}
+        print(f"\nDownstream (seed {seed}, {args.downstream_size} px crops, tensorf-local-deform {args.downstream_iters} CPU "
+              "iterations, ns-eval on the test split: the clip's last 10 %):\n")  # fmt: skip
+        print("| tracking | PSNR† | PSNR | SSIM | train s |")
+        print("|---|---|---|---|---|")
+        for name, r in runs.items():
+            dag = r.get("psnr_dagger", r.get("psnr†", float("nan")))
+            print(f"| {name} | {dag:.2f} | {r.get('psnr', float('nan')):.2f} | {r.get('ssim', float('nan')):.3f} | {r['train_seconds']:.0f} |")
+        gap = runs["ground-truth tracking"].get("psnr", float("nan")) - runs["hs-track's tracking"].get("psnr", float("nan"))
+        print(f"\nPSNR gap (ground truth - hs-track): {gap:.2f} dB (target: within 1 dB)")
     if not args.no_analysis:
         for seed in args.seeds:
             print(f"\nseed {seed}:")
