@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -64,15 +65,17 @@ VIDEO_FPS = 25.0
 """Frame rate the temporal smoothness weights of mononphm-track are meant for (consecutive video frames)."""
 
 
-def tv_arguments(fps: float) -> list[str]:
-    """Total-variation weights for a sequence sampled at ``fps``: the defaults times (fps / 25)^2.
+def tv_arguments(args) -> list[str]:
+    """Total-variation weights for a sequence sampled at ``args.fps``: the defaults times (fps / 25)^2
+    (none with ``--no-tv-scaling``).
 
     For motion smooth in time the change between frames dt apart grows with dt, its square with dt^2;
     scaling the weights by (dt_video / dt)^2 keeps their pull on such motion what it is at the video rate
     (at 1.25 frames/s, frames 0.8 s apart, the defaults would pin every frame to its neighbours')."""
     from headstudio.models.mononphm_track import MonoNPHMTrackModelConfig
 
-    if fps >= VIDEO_FPS:
+    fps = args.fps
+    if fps >= VIDEO_FPS or args.no_tv_scaling:
         return []
     base, k = MonoNPHMTrackModelConfig(), (fps / VIDEO_FPS) ** 2
     return [
@@ -94,8 +97,8 @@ def track(subject: Path, variant: str, args, root: Path, num_images: int) -> tup
         "--steps-per-eval-batch", str(10 * steps), "--steps-per-eval-image", str(10 * steps),
         "--pipeline.model.prior", str(args.prior), "--pipeline.datamanager.schedule.step-scale", str(args.step_scale),
         "--pipeline.datamanager.train-num-rays-per-batch", str(args.rays), "--output-dir", str(out),
-        "--pipeline.datamanager.dataparser.test-sequences", "train", *tv_arguments(args.fps), *VARIANTS[variant],
-        "--data", str(subject),
+        "--pipeline.datamanager.dataparser.test-sequences", "train", *tv_arguments(args), *VARIANTS[variant],
+        *shlex.split(args.ns_train_args), "--data", str(subject),
     ]  # fmt: skip
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -261,6 +264,8 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=1.25,
                     help="frame rate the sequence is sampled at; at 1.25 each frame shows another of the test "
                          "sequence's key expressions (they change every 0.8 s), so following them can be measured")
+    ap.add_argument("--no-tv-scaling", action="store_true", help="keep the default smoothness weights at any --fps")
+    ap.add_argument("--ns-train-args", default="", help="more ns-train arguments for every variant, one quoted string")
     ap.add_argument("--variants", default="full,no-landmarks,no-sh")
     ap.add_argument("--resolution", type=int, default=128, help="marching-cubes resolution of the meshes")
     ap.add_argument("--eval-every", type=int, default=2)
@@ -273,7 +278,7 @@ def main() -> None:
     subject = make_sequence(root, args)
     num_images = len(list((subject / "test" / "source").glob("*.png")))
     print(f"sequence: {subject} ({num_images} tracked frames at {args.size} px, {args.fps:g} frames/s, tracker error "
-          f"{args.tracker_error}); smoothness weights: {' '.join(tv_arguments(args.fps)) or 'the defaults'}")  # fmt: skip
+          f"{args.tracker_error}); smoothness weights: {' '.join(tv_arguments(args)) or 'the defaults'}")  # fmt: skip
     results, timing = {}, {}
     for variant in args.variants.split(","):
         config, seconds, steps = track(subject, variant, args, root, num_images)

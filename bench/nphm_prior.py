@@ -77,6 +77,10 @@ def reconstruction(args) -> list[list[str]]:
     from headstudio.prior.training import load_checkpoint
 
     model, ck = load_checkpoint(args.prior)
+    geo = model.z_geo.weight.detach()
+    spread = (geo - geo.mean(0)).norm(dim=-1)
+    print(f"[bench] trained identity codes z_geo: mean's norm {float(geo.mean(0).norm()):.2f}, each code's distance to the "
+          f"mean {float(spread.min()):.2f}-{float(spread.max()):.2f} (mononphm-track starts from the mean: code_origin)")  # fmt: skip
     rows = []
     groups = []
     train = open_scan_set(args.train_scans)

@@ -90,12 +90,15 @@ def truth_in_crop(subject: Path, tracked: Path, out: Path) -> Path:
 
     from headstudio.data.formats.imavatar import imavatar_camera, imavatar_intrinsics, imavatar_points, to_imavatar_points
 
+    from headstudio.track.frames import SquareCrop
+
     truth = json.loads(next(subject.rglob("train/flame_params.json")).read_text())
-    crop = json.loads((tracked / "report.json").read_text())["crop"]
-    s, corner, size = crop["size"] / crop["side"], np.array([crop["x0"], crop["y0"]]), (crop["size"], crop["size"])
+    crop = SquareCrop(**json.loads((tracked / "report.json").read_text())["crop"])
+    size = (crop.size, crop.size)
     src = (512, 512)  # hs-synth's --size below
     _, K = imavatar_camera(np.array(truth["frames"][0]["world_mat"]), np.array(truth["intrinsics"]), src)
-    intrinsics = imavatar_intrinsics(K[0] * s, K[1] * s, (K[2] - corner[0]) * s, (K[3] - corner[1]) * s, size)
+    cx, cy = crop.points(K[2:4])
+    intrinsics = imavatar_intrinsics(K[0] * crop.scale, K[1] * crop.scale, cx, cy, size)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(tracked, out)
@@ -107,7 +110,7 @@ def truth_in_crop(subject: Path, tracked: Path, out: Path) -> Path:
         doc["shape_params"], doc["intrinsics"] = truth["shape_params"], intrinsics
         for frame in doc["frames"]:
             gt = truth["frames"][t]
-            kp = (imavatar_points(np.array(gt["flame_keypoints"]), src) - corner) * s
+            kp = crop.points(imavatar_points(np.array(gt["flame_keypoints"]), src))
             frame.update(world_mat=gt["world_mat"], expression=gt["expression"], pose=gt["pose"],
                          flame_keypoints=to_imavatar_points(kp, size).tolist())  # fmt: skip
             t += 1
@@ -254,6 +257,11 @@ def main() -> None:
         for name, r in runs.items():
             dag = r.get("psnr_dagger", r.get("psnr†", float("nan")))
             print(f"| {name} | {dag:.2f} | {r.get('psnr', float('nan')):.2f} | {r.get('ssim', float('nan')):.3f} | {r['train_seconds']:.0f} |")
+        fitted, true = (json.loads((d / small.name / "train" / "flame_params.json").read_text()) for d in (small, truth))
+        kp = [np.linalg.norm(np.array(a["flame_keypoints"])[:68] - np.array(b["flame_keypoints"])[:68], axis=-1).mean()
+              for a, b in zip(fitted["frames"], true["frames"])]  # fmt: skip
+        print(f"\nfocal (|fx| / crop size): hs-track {abs(fitted['intrinsics'][0]):.2f}, truth {abs(true['intrinsics'][0]):.2f}; "
+              f"training keypoints apart {np.mean(kp) * args.downstream_size / 2:.2f} px at {args.downstream_size} px")  # fmt: skip
         gap = runs["ground-truth tracking"].get("psnr", float("nan")) - runs["hs-track's tracking"].get("psnr", float("nan"))
         print(f"\nPSNR gap (ground truth - hs-track): {gap:.2f} dB (target: within 1 dB)")
     if not args.no_analysis:

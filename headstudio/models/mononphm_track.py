@@ -111,8 +111,8 @@ class MonoNPHMTrackModelConfig(HeadModelConfig):
     """Where ``z_geo`` and ``z_app`` start, and what their priors (eq. 12) pull them towards: "mean", the mean of
     the prior's trained identity codes (ours), or "zero" (§4.6). MonoNPHM's prior, trained on 473 identities
     with a zero-mean code regulariser, has its code mean near 0, so both agree there; a prior of a few
-    identities (the CPU preset's 6) has a mean far from 0 (norm 0.22 against a spread of 0.18-0.33 about it),
-    and its zero code is no head but a blob."""
+    identities (the CPU preset's 6) has a mean far from 0 (norm 0.22 against a spread of 0.18-0.33 about it, as
+    ``bench/nphm_prior.py`` prints), and its zero code is no head but a blob."""
     # --- losses
     rgb_loss_mult: float = 1.0
     """L1 colour loss on foreground pixels (§4.3)."""
@@ -218,9 +218,9 @@ class MonoNPHMTrackModel(HeadModel):
             self.register_buffer(f"frame_{key}", torch.as_tensor(table[key], dtype=torch.float32), persistent=False)
         n, dim = self.subject.num_frames, prior.field.code_dim
         # z_geo and z_app are offsets to the code origin (config.code_origin); the priors act on the offsets.
-        origin = cfg.code_origin == "mean"
-        self.register_buffer("geo_origin", prior.z_geo.weight.detach().mean(0, keepdim=True) * origin, persistent=False)
-        self.register_buffer("app_origin", prior.z_app.weight.detach().mean(0, keepdim=True) * origin, persistent=False)
+        for name, table in (("geo_origin", prior.z_geo.weight), ("app_origin", prior.z_app.weight)):
+            mean = table.detach().mean(0, keepdim=True)
+            self.register_buffer(name, mean if cfg.code_origin == "mean" else torch.zeros_like(mean), persistent=False)
         self.z_geo = Parameter(torch.zeros(1, dim))
         self.z_app = Parameter(torch.zeros(1, dim))
         self.z_exp = FrameCodes(n, prior.sizes.deformation.expression_code, self.tracked_frames, init_std=0.0, sparse=True)

@@ -9,8 +9,9 @@ surface metrics of :mod:`headstudio.metrics.surface` between the marched mesh an
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -45,6 +46,19 @@ def posed_mesh(
     return mesh_from_grid(values, aabb, 0.0)
 
 
+@contextmanager
+def frozen_networks(model: NPHMPrior) -> Iterator[None]:
+    """The prior's trainable parameters frozen for a code fit, and trainable again afterwards."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 @dataclass
 class FitResult:
     codes: dict[str, Tensor]
@@ -70,11 +84,8 @@ def fit_scan(
     gen = torch.Generator().manual_seed(seed)
     arrays = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in scan.items() if v.ndim == 2 and v.shape[1] == 3}
     weights = LossWeights(anchors=0.0, correspondence=0.0)  # a new scan has neither
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     last = {}
-    try:
+    with frozen_networks(model):
         for step in range(steps):
             batch = {"anchors": torch.zeros(1, model.field.num_anchors, 3)}  # unused: the anchor weight is 0
             for prefix, n in (("surface", points), ("near", points // 2)):
@@ -89,9 +100,6 @@ def fit_scan(
             last = {k: float(v.detach()) for k, v in losses.items()}
             if progress is not None:
                 progress(step + 1, steps)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     fitted = {k: v.detach() for k, v in codes.items()}
     verts, faces = posed_mesh(model, fitted, resolution, box)
     n = len(scan["surface_points"])
@@ -126,10 +134,7 @@ def fit_sequence_codes(
     weights = LossWeights(anchors=0.0, correspondence=0.0, colour=0.0)
     pts = [torch.as_tensor(p, dtype=torch.float32) for p, _ in surfaces]
     nrm = [torch.as_tensor(q, dtype=torch.float32) for _, q in surfaces]
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with frozen_networks(model):
         for step in range(steps):
             rows = [torch.randint(0, len(p), (points,), generator=gen) for p in pts]
             surf = torch.stack([p[r] for p, r in zip(pts, rows)])
@@ -151,7 +156,4 @@ def fit_sequence_codes(
             opt.step()
             if progress is not None:
                 progress(step + 1, steps)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     return {"geo": geo.detach().expand(n, -1), "app": app.expand(n, -1), "exp": exp.detach()}
