@@ -43,6 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _kinect import flame_meshes, sequence_geometry, true_vertices  # noqa: E402
+
 VARIANTS = {
     "full": [],
     "no-landmarks": ["--pipeline.model.use-landmarks", "False"],
@@ -141,28 +144,6 @@ def profile_steps(config: Path, steps: int = 10) -> dict[str, float]:
     return out
 
 
-def true_vertices(model, meta: dict, frame: int, cache: dict) -> np.ndarray:
-    """Ground-truth vertices of a tracked frame (world units): the true FLAME parameters of the frame
-    (gt/<seq>/flame.npz), head pose removed (the Kinect world is the head's frame: the cameras carry it)."""
-    from headstudio.data.track import FlameTrack
-
-    table = meta["frame_table"]
-    seq = table["sequence"][frame]
-    if seq not in cache:
-        cache[seq] = dict(np.load(Path(meta["subject_root"]) / "gt" / seq / "flame.npz"))
-    gt = cache[seq]
-    stem = Path(table["image"][frame]).stem
-    stems = [str(x) for x in gt["stem"]]
-    # Source frame 0 repeats rendered frame 0 (ground-truth stem 00001): MonoNPHM reads tracker frame t - 1.
-    k = stems.index(stem if stem in stems else f"{max(int(stem), 1):05d}")
-    pose = gt["pose"][k].copy()
-    pose[:3] = 0.0
-    track = FlameTrack(model.subject.track.flame, torch.as_tensor(gt["shape"], dtype=torch.float32),
-                       torch.as_tensor(gt["expression"][k : k + 1], dtype=torch.float32),
-                       torch.as_tensor(pose[None], dtype=torch.float32), world_scale=float(meta["world_scale"]))  # fmt: skip
-    return track.vertices[0].cpu().numpy()
-
-
 def ceiling_meshes(model, meta: dict, frames: list[int], args) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The prior's ceiling: one z_geo and per-frame z_exp fitted in 3-D to the frames' true meshes (what a
     scanner would see of them), networks frozen; each frame's posed mesh (world units)."""
@@ -179,78 +160,26 @@ def ceiling_meshes(model, meta: dict, frames: list[int], args) -> dict[int, tupl
 
 
 def geometry(config: Path, args, source: str = "model", save: Path | None = None) -> dict[str, float]:
-    """Mean metrics over every --eval-every-th tracked frame: against depth and against the GT mesh.
+    """Mean metrics over every --eval-every-th tracked frame: against depth and against the GT mesh
+    (``_kinect.sequence_geometry``).
 
     ``source``: the tracked model's meshes, the input FLAME tracking's ("flame") or the prior's ceiling
     ("ceiling", :func:`ceiling_meshes`)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
     from headstudio.export.frame_mesh import FrameMesher
-    from headstudio.metrics.depth_geometry import DepthForeground, FrameCamera, evaluate_depth_frame, mesh_geometry
 
     _, pipeline, _, _ = eval_setup(config, test_mode="val")
     model = pipeline.model
     ds = pipeline.datamanager.train_dataset
-    meta = ds.metadata
-    mesher = FrameMesher(model, resolution=args.resolution)
-    world_scale = float(meta["world_scale"])
-    rows = {"depth": [], "gt": []}
-    image_of_frame = {int(f): i for i, f in enumerate(ds.cameras.metadata["frame_index"].reshape(-1))}
     tracked = model.tracked_frames[:: args.eval_every]
-    ceiling = ceiling_meshes(model, meta, tracked, args) if source == "ceiling" else {}
-    gt_cache: dict[str, dict] = {}
-    meshes, gts = [], []
-    for frame in tracked:
-        i = image_of_frame[frame]
-        if source == "flame":
-            verts = model.subject.track.vertices[frame].cpu().numpy()
-            faces = model.subject.faces.cpu().numpy()
-        elif source == "ceiling":
-            verts, faces = ceiling[frame]
-        else:
-            verts, faces = mesher(frame)
-        cam = ds.cameras[i]
-        camera = FrameCamera(float(cam.fx), float(cam.fy), float(cam.cx), float(cam.cy), int(cam.width), int(cam.height),
-                             cam.camera_to_worlds.double().numpy())  # fmt: skip
-        res = evaluate_depth_frame(verts, faces, meta["eval_depth_filenames"][i], meta["segmentation_filenames"][i], camera,
-                                   float(meta["eval_depth_to_world"]), 1.0 / world_scale, 0.0025, DepthForeground())  # fmt: skip
-        rows["depth"].append(res)
-        gt_verts = true_vertices(model, meta, frame, gt_cache)
-        meshes.append((verts, faces))
-        gts.append(gt_verts)
-        if save is not None:  # for looking at them (PLY)
-            from headstudio.export.ply import write_ply
-
-            save.mkdir(parents=True, exist_ok=True)
-            write_ply(save / f"frame_{frame:05d}.ply", np.asarray(verts, np.float32), np.asarray(faces))
-            write_ply(save / f"gt_{frame:05d}.ply", gt_verts.astype(np.float32), model.subject.faces.cpu().numpy())
-        rows["gt"].append(mesh_geometry(verts, faces, gt_verts, model.subject.faces.cpu().numpy(), 0.0025, 1.0 / world_scale,
-                                        num_points=50_000, gt_faces_kept=face_region_faces(model)))  # fmt: skip
-    # Expression following: is each frame's mesh closer to its own frame's true mesh than to the other frames'?
-    n = len(meshes)
-    dist = np.zeros((n, n))
-    for i, (verts, faces) in enumerate(meshes):
-        for j, gt_verts in enumerate(gts):
-            dist[i, j] = mesh_geometry(verts, faces, gt_verts, model.subject.faces.cpu().numpy(), 0.0025, 1.0 / world_scale,
-                                       num_points=20_000, gt_faces_kept=face_region_faces(model)).chamfer_l1_m  # fmt: skip
-    off = [(dist[i].sum() - dist[i, i]) / max(n - 1, 1) - dist[i, i] for i in range(n)]
-    mean = lambda key, rs: float(np.mean([getattr(r, key) for r in rs]))  # noqa: E731
-    return {
-        "following_margin_m": float(np.mean(off)),
-        "following_matched": float(np.mean([int(np.argmin(dist[i])) == i for i in range(n)])),
-        **{f"depth_{k}": mean(k, rows["depth"]) for k in ("chamfer_l1_m", "chamfer_manhattan_m", "normal_consistency", "recall")},
-        **{f"gt_{k}": mean(k, rows["gt"]) for k in ("chamfer_l1_m", "normal_consistency", "recall")},
-        "frames": len(tracked),
-    }
-
-
-def face_region_faces(model) -> np.ndarray:
-    """Faces of the FLAME topology in its 'face' region (the ground-truth comparison's region)."""
-    flame = model.subject.track.flame
-    face = np.zeros(flame.num_vertices, dtype=bool)
-    face[np.asarray(flame.region_masks["face"])] = True
-    f = model.subject.faces.cpu().numpy()
-    return np.nonzero(face[f].all(1))[0]
+    if source == "flame":
+        mesh_of = flame_meshes(model)
+    elif source == "ceiling":
+        mesh_of = ceiling_meshes(model, ds.metadata, tracked, args).__getitem__
+    else:
+        mesh_of = FrameMesher(model, resolution=args.resolution)
+    return sequence_geometry(model, ds, tracked, mesh_of, save=save)
 
 
 def main() -> None:

@@ -58,6 +58,9 @@ def test_ns_eval_writes_both_protocols(trained, method, tmp_path):
         for key in ("normal_error", "keypoint_error", "normal_error_dagger"):
             assert np.isfinite(results[key]), key
         assert 0 <= results["normal_error"] <= 180 and results["keypoint_error"] >= 0
+    else:  # the volumetric methods: the normals of their rendered depth (NaN where nothing renders opaque)
+        for key in ("normal_error", "normal_error_dagger"):
+            assert np.isnan(results[key]) or 0 <= results[key] <= 180, key
 
 
 @pytest.mark.e2e

@@ -416,3 +416,22 @@ def test_strided_march_finds_the_dense_crossings_on_the_initial_sphere(pipeline)
     assert a.sum() > 50 and (a & b).sum() / (a | b).sum() > 0.97
     both = a & b
     assert (out[1]["depth"][both] - out[3]["depth"][both]).abs().median() < 1e-4
+
+
+def test_flame_start_puts_the_surface_on_the_canonical_flame_mesh(subjects):
+    """geometry_init "flame" (ours): before training the zero level lies on the canonical FLAME mesh, not on the
+    sphere; a point inside the head (between the ears) is inside, one beyond the nose tip outside."""
+    pipe = _pipeline(subjects["imavatar"], geometry_init="flame", flame_init_steps=150)
+    model = pipe.model
+    verts = model.skin.canonical_vertices
+    losses = model.geometry_init_losses
+    assert len(losses) == 150 and np.mean(losses[-10:]) < 0.25 * np.mean(losses[:10])
+    with torch.no_grad():
+        on_mesh = model.canonical_sdf(verts).abs().median()
+        sphere = _pipeline(subjects["imavatar"]).model.canonical_sdf(verts).abs().median()
+        centre = verts.mean(0, keepdim=True)
+        front = verts[verts[:, 2].argmax()][None] + torch.tensor([[0.0, 0.0, 0.15]])
+        inside, outside = model.canonical_sdf(centre), model.canonical_sdf(front)
+    size = float((verts.amax(0) - verts.amin(0)).norm())
+    assert on_mesh < 0.03 * size and on_mesh < 0.3 * sphere
+    assert inside < 0 < outside

@@ -1,5 +1,8 @@
 """Geometry metrics of the papers: normal angle error in the face region and keypoint error.
 
+Methods that render no normals of their own (the volumetric ones) are measured on the normals of
+their rendered depth (:func:`depth_normals`), so every method gets a normal error from one function.
+
 Ground-truth normal maps exist for synthetic subjects (``hs-synth``): ``gt/<sequence>/normal/
 <stem>.png``, 16-bit, ``(n + 1) / 2`` in OpenCV camera coordinates, 0 on the background; test
 frames also have ``gt/<sequence>/mesh/<stem>.ply`` (:func:`gt_mesh_path`; measured against a
@@ -84,3 +87,48 @@ def project(points: Float[Tensor, "N 3"], c2w: Float[Tensor, "3 4"], fx, fy, cx,
     cam = (points - t) @ rot  # world -> camera: R^T (p - t)
     depth = (-cam[:, 2]).clamp_min(1e-6)
     return torch.stack([cx + fx * cam[:, 0] / depth, cy - fy * cam[:, 1] / depth], dim=-1)
+
+
+def depth_normals(
+    origins: Float[Tensor, "H W 3"],
+    directions: Float[Tensor, "H W 3"],
+    depth: Float[Tensor, "H W 1"],
+    valid: Bool[Tensor, "H W"],
+    max_jump: float = 0.05,
+) -> Float[Tensor, "H W 3"]:
+    """World normals of a rendered depth map (distance along unit ray directions), facing the camera.
+
+    Central differences of the back-projected points; zero where a pixel or one of its four
+    neighbours is not ``valid`` or the depth jumps by more than ``max_jump`` (relative) between
+    neighbours (silhouettes)."""
+    points = origins + directions * depth
+    d = depth[..., 0]
+    ok = valid.clone()
+    ok[0, :] = ok[-1, :] = ok[:, 0] = ok[:, -1] = False
+    inner = ok[1:-1, 1:-1]
+    for a, b in ((d[1:-1, 2:], d[1:-1, :-2]), (d[2:, 1:-1], d[:-2, 1:-1])):
+        inner &= (a - b).abs() <= max_jump * d[1:-1, 1:-1].abs().clamp_min(1e-6)
+    for v in (valid[1:-1, 2:], valid[1:-1, :-2], valid[2:, 1:-1], valid[:-2, 1:-1]):
+        inner &= v
+    du = points[1:-1, 2:] - points[1:-1, :-2]
+    dv = points[2:, 1:-1] - points[:-2, 1:-1]
+    n = torch.nn.functional.normalize(torch.cross(du, dv, dim=-1), dim=-1)
+    flip = (n * directions[1:-1, 1:-1]).sum(-1, keepdim=True) > 0  # face the camera
+    n = torch.where(flip, -n, n)
+    out = torch.zeros_like(points)
+    out[1:-1, 1:-1] = torch.where(inner[..., None], n, torch.zeros_like(n))
+    return out
+
+
+def rendered_depth_normal_error(outputs: dict, batch: dict) -> Optional[float]:
+    """Normal angle error (degrees, face region) of the normals of a rendered depth map, or None where the
+    batch has no ground-truth normals or camera (``batch`` as ``HeadPipeline.eval_inputs`` makes it)."""
+    if "gt_normal_world" not in batch or "camera" not in batch or "depth" not in outputs:
+        return None
+    depth = outputs["depth"]
+    camera = batch["camera"].to(depth.device)
+    rays = camera.generate_rays(camera_indices=0, keep_shape=True)
+    hit = outputs["accumulation"][..., 0] > 0.5 if "accumulation" in outputs else torch.ones_like(depth[..., 0], dtype=torch.bool)
+    normals = depth_normals(rays.origins, rays.directions, depth, hit)
+    region = batch["face_mask"][..., 0].to(depth.device).bool() & hit if "face_mask" in batch else hit
+    return normal_angle_error(normals, batch["gt_normal_world"].to(depth.device), region)

@@ -25,6 +25,7 @@ from nerfstudio.utils import colormaps
 from torch import Tensor
 
 from headstudio.fields.frame_codes import FrameCodes
+from headstudio.metrics.geometry import rendered_depth_normal_error
 from headstudio.metrics.images import image_metrics
 from headstudio.models.subject_state import SubjectState
 
@@ -85,8 +86,10 @@ class HeadModel(Model):
         return metrics, images
 
     def geometry_metrics(self, outputs: Dict[str, Tensor], batch: Dict) -> Dict[str, float]:
-        """Method-specific geometry metrics of an eval image (none by default)."""
-        return {}
+        """Geometry metrics of an eval image: by default the normal angle error of the rendered depth's
+        normals in the face region (synthetic subjects; methods with normals of their own override it)."""
+        error = rendered_depth_normal_error(outputs, batch)
+        return {} if error is None else {"normal_error": error}
 
     @contextlib.contextmanager
     def reduced_sampling(self, fraction: float) -> Iterator[None]:

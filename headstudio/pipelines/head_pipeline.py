@@ -99,12 +99,18 @@ class HeadPipeline(VanillaPipeline):
             CONSOLE.print(f"headstudio: every camera renders the head in frame {frame} ({FRAME_ENV})")
 
     def get_average_eval_image_metrics(
-        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+        self,
+        step: Optional[int] = None,
+        output_path: Optional[Path] = None,
+        get_std: bool = False,
+        per_image: Optional[List[Dict[str, float]]] = None,
     ) -> Dict[str, float | str]:
+        """Means over the eval images (without, ``_dagger``, and with test-time codes); each image's row,
+        with its ``frame`` index, is also appended to ``per_image`` when a list is given."""
         self.eval()
         loader = self.datamanager.fixed_indices_eval_dataloader
         steps = self.config.test_time_steps
-        per_image: List[Dict[str, float]] = []
+        rows: List[Dict[str, float]] = []
         if output_path is not None:
             output_path.mkdir(exist_ok=True, parents=True)
         columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -165,11 +171,14 @@ class HeadPipeline(VanillaPipeline):
                     row.update(metrics)
                     row.update(measure(camera, batch, idx, ""))
                     self._save(output_path, "eval", idx, images)
-                per_image.append(row)
+                rows.append(row)
+                if per_image is not None:
+                    frame = (camera.metadata or {}).get("frame_index")
+                    per_image.append(dict(row, frame=float("nan") if frame is None else float(frame.reshape(-1)[0])))
                 progress.advance(task)
         result: Dict[str, float | str] = {}
-        for key in per_image[0]:
-            values = torch.tensor([r[key] for r in per_image])
+        for key in rows[0]:
+            values = torch.tensor([r[key] for r in rows])
             result[key] = float(values.mean())
             if get_std:
                 result[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
