@@ -58,13 +58,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt, setup_trainer, short_run  # noqa: E402
 
 VIDEO_VARIANTS = ("tensorf", "local-34", "local-5", "global-1", "rignerf-star", "imavatar", "imavatar-d-net",
-                  "imavatar-b-morph", "imavatar-sphere")  # fmt: skip
-KINECT_VARIANTS = ("flame", "local-34", "rignerf-star", "imavatar", "imavatar-sphere", "mononphm-track")
+                  "imavatar-b-morph", "imavatar-sphere", "imavatar-start")  # fmt: skip
+KINECT_VARIANTS = ("flame", "local-34", "rignerf-star", "imavatar", "imavatar-sphere", "imavatar-start", "mononphm-track")
+UNTRAINED = ("flame", "imavatar-start")
+"""Rows that train nothing (the same at every budget: measured once)."""
 METHOD_OF = {
     "tensorf": "tensorf (nerfstudio)", "local-34": "tensorf-local-deform", "local-5": "tensorf-local-deform",
     "global-1": "tensorf-local-deform", "rignerf-star": "rignerf-star", "imavatar": "imavatar-surface",
     "imavatar-d-net": "imavatar-surface", "imavatar-b-morph": "imavatar-surface", "imavatar-sphere": "imavatar-surface",
-    "mononphm-track": "mononphm-track",
+    "imavatar-start": "imavatar-surface", "mononphm-track": "mononphm-track",
     "flame": "FLAME tracking (input)",
 }  # fmt: skip
 LABEL = {
@@ -72,7 +74,7 @@ LABEL = {
     "local-5": "tensorf-local-deform, 5 local fields", "global-1": "tensorf-local-deform, 1 global field",
     "rignerf-star": "rignerf-star", "imavatar": "imavatar-surface", "imavatar-d-net": "imavatar-surface, D-Net",
     "imavatar-b-morph": "imavatar-surface, B-Morph", "imavatar-sphere": "imavatar-surface, sphere start (paper)",
-    "mononphm-track": "mononphm-track",
+    "imavatar-start": "imavatar-surface, FLAME start before training", "mononphm-track": "mononphm-track",
     "flame": "FLAME tracking (input, baseline)",
 }  # fmt: skip
 TENSORF_MAX_ITERS = 30_000
@@ -98,19 +100,13 @@ def make_data(args) -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def bench_module(name: str):
-    import importlib
-
-    return importlib.import_module(name)
-
-
 def build_config(variant: str, dataset: str, args, iters: int, out_dir: Path, calibrating: bool):
     """The TrainerConfig of one run: the variant's method with the bench settings, ``iters`` long."""
     subject = args.video if dataset == "video" else args.kinect
     if variant == "mononphm-track":
         return mononphm_config(args, subject, iters, out_dir, calibrating)
     if variant.startswith("imavatar"):
-        ima = bench_module("imavatar_surface")
+        import imavatar_surface as ima  # bench/imavatar_surface.py: its network and config
         lr = args.sphere_lr if variant == "imavatar-sphere" else args.surface_lr
         ns = SimpleNamespace(subject=subject, iters=iters, rays=args.surface_rays, steps=args.march_steps, lr=lr,
                              test_every=args.test_every)  # fmt: skip
@@ -120,7 +116,7 @@ def build_config(variant: str, dataset: str, args, iters: int, out_dir: Path, ca
         model.geometry_init = "sphere" if variant == "imavatar-sphere" else args.surface_init
         model.flame_init_steps = args.flame_init_steps
     else:
-        tld = bench_module("tensorf_local_deform")
+        import tensorf_local_deform as tld  # bench/tensorf_local_deform.py: the variants' configs
         # Calibration runs the state the run ends in: deformation training from the third step, grids at their size.
         scale = (CALIBRATION_SKIP / 14_000) if calibrating else iters / TENSORF_MAX_ITERS
         ns = SimpleNamespace(subject=subject, iters=iters, rays=args.rays, uniform_samples=args.uniform_samples,
@@ -137,19 +133,18 @@ def build_config(variant: str, dataset: str, args, iters: int, out_dir: Path, ca
 
 
 def mononphm_config(args, subject: Path, iters: int, out_dir: Path, calibrating: bool):
+    import mononphm_track as mt  # bench/mononphm_track.py: the smoothness weights for a sparse sequence
+
     from headstudio.method_configs.mononphm_track import mononphm_track
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    mt = bench_module("mononphm_track")
     cfg = copy.deepcopy(mononphm_track.config)
     model = cfg.pipeline.model
     model.prior = args.prior
     cfg.pipeline.datamanager.schedule.step_scale = args.step_scale_for_run
-    cfg.pipeline.datamanager.dataparser.test_sequences = ("train",)  # it tracks the test sequence itself
     for flag in zip(*[iter(mt.tv_arguments(SimpleNamespace(fps=args.kinect_fps, no_tv_scaling=False)))] * 2):
         setattr(model, flag[0].split(".")[-1].replace("-", "_"), float(flag[1]))
     cfg = short_run(cfg, subject, iters, args.kinect_rays, out_dir)
-    cfg.pipeline.datamanager.dataparser.test_sequences = ("train",)
+    cfg.pipeline.datamanager.dataparser.test_sequences = ("train",)  # it tracks the test sequence itself
     return cfg
 
 
@@ -213,6 +208,11 @@ def run_one(variant: str, dataset: str, budget_min: float, args) -> dict:
     if variant == "flame":
         trainer = setup_trainer(lambda v, a, out: build_config("local-34", dataset, args, 1, out, False), variant, args, "compare")
         row.update(kinect_geometry(trainer.pipeline, args, flame=True))
+        return row
+    if variant == "imavatar-start":  # what the FLAME start alone gives (no training step)
+        trainer = setup_trainer(lambda v, a, out: build_config("imavatar", dataset, args, 1, out, False), variant, args, "compare")
+        row["init_s"] = float(trainer.pipeline.model.geometry_init_seconds)
+        row.update(video_metrics("imavatar", trainer.pipeline, args) if dataset == "video" else kinect_geometry(trainer.pipeline, args))
         return row
     s_iter, init_s = calibrate(variant, dataset, args)
     budget_s = 60.0 * budget_min - init_s  # the FLAME start counts against the budget
@@ -312,8 +312,9 @@ def run_child(dataset: str, variant: str, budget: float, args) -> Optional[dict]
     path = args.work_dir / "rows" / f"{dataset}-{budget:g}min-{variant}.json"
     if path.exists():
         return json.loads(path.read_text())
-    if variant == "flame" and any((args.work_dir / "rows").glob(f"{dataset}-*-flame.json")):
-        return json.loads(next((args.work_dir / "rows").glob(f"{dataset}-*-flame.json")).read_text())
+    done = sorted((args.work_dir / "rows").glob(f"{dataset}-*-{variant}.json"))
+    if variant in UNTRAINED and done:  # trains nothing: the same row at every budget
+        return json.loads(done[0].read_text())
     if variant == "mononphm-track" and args.prior is None:
         print("[compare] mononphm-track skipped: no --prior (train one: hs-prior train, see the README)", flush=True)
         return None
@@ -343,7 +344,7 @@ def video_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         tto = r.get("test_time_steps", 0) > 0
         get = lambda k: r.get(k) if tto else None  # noqa: E731
         normal = r.get("normal_error", r.get("normal_error_dagger"))
-        body.append([LABEL[r["variant"]], str(r.get("iters", "-")), fmt(r.get("train_s", 0) / 60, ".1f"),
+        body.append([LABEL[r["variant"]], str(r.get("iters", "-")), fmt(r["train_s"] / 60 if "train_s" in r else None, ".1f"),
                      fmt(r.get("psnr_dagger"), ".2f"), fmt(r.get("ssim_dagger"), ".3f"), fmt(r.get("l1_dagger"), ".4f"),
                      fmt(r.get("lpips_dagger"), ".3f"), fmt(get("psnr"), ".2f"), fmt(get("ssim"), ".3f"),
                      fmt(get("l1"), ".4f"), fmt(get("lpips"), ".3f"), fmt(normal, ".1f"), fmt(r.get("keypoint_error"), ".2f"),
@@ -357,7 +358,7 @@ def kinect_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     body = []
     for r in rows:
         if "geometry_unavailable" in r:
-            body.append([LABEL[r["variant"]], str(r.get("iters", "-")), fmt(r.get("train_s", 0) / 60, ".1f")]
+            body.append([LABEL[r["variant"]], str(r.get("iters", "-")), fmt(r["train_s"] / 60 if "train_s" in r else None, ".1f")]
                         + ["no mesh"] + ["-"] * 7)  # fmt: skip
             continue
         mm = lambda k: 1000 * r[k] if k in r else None  # noqa: E731
@@ -509,6 +510,9 @@ def main() -> None:
         tmp = args.json
         tmp.write_text(json.dumps(row))
         return
+    for flag, path in (("--prior", args.prior), ("--subject", args.subject), ("--kinect-subject", args.kinect_subject)):
+        if path is not None and not path.exists():
+            raise SystemExit(f"{flag} {path}: no such file or folder")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.video, args.kinect = make_data(args)
     keys = ("work_dir", "video", "kinect", "prior", "size", "test_every", "kinect_size", "kinect_frames", "kinect_fps",
