@@ -21,19 +21,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headstudio.ops.nearest import NearestVertex
+
 
 def surface_signed_distance(
-    points: Float[Tensor, "N 3"], samples: Float[Tensor, "S 3"], normals: Float[Tensor, "S 3"], chunk: int = 4096
+    points: Float[Tensor, "N 3"], samples: Float[Tensor, "S 3"], normals: Float[Tensor, "S 3"]
 ) -> Float[Tensor, "N"]:
-    """Distance to the nearest surface sample, negative where the point lies behind that sample's
-    outward normal (inside)."""
-    out = torch.empty(points.shape[0], dtype=points.dtype, device=points.device)
-    for s in range(0, points.shape[0], chunk):
-        p = points[s : s + chunk]
-        dist, idx = torch.cdist(p, samples).min(dim=-1)
-        side = ((p - samples[idx]) * normals[idx]).sum(-1)
-        out[s : s + chunk] = torch.where(side < 0, -dist, dist)
-    return out
+    """Distance to the nearest surface sample (the project's nearest-vertex search), negative where the
+    point lies behind that sample's outward normal (inside)."""
+    idx, dist = NearestVertex()(points, torch.zeros(points.shape[0], dtype=torch.long, device=points.device), samples[None])
+    side = ((points - samples[idx]) * normals[idx]).sum(-1)
+    return torch.where(side < 0, -dist, dist).to(points.dtype)
 
 
 def fit_sdf_to_surface(

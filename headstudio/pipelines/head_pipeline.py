@@ -87,6 +87,22 @@ def frame_codes_of(model: torch.nn.Module) -> List[FrameCodes]:
     return [m for m in model.modules() if isinstance(m, FrameCodes)]
 
 
+def eval_inputs(dataset, camera, batch: Dict) -> Dict:
+    """An eval image's batch plus what geometry metrics need: the camera, landmarks in pixels of this
+    resolution, and the ground-truth normal map in world space where the subject has one."""
+    batch = dict(batch, camera=camera)
+    meta = camera.metadata or {}
+    if "landmarks" in meta:
+        batch["landmarks_px"] = meta["landmarks"].reshape(-1, 2) * dataset.scale_factor
+    idx = int(batch.get("image_idx", -1))
+    if 0 <= idx < len(dataset.image_filenames):
+        path = gt_normal_path(dataset.image_filenames[idx])
+        if path is not None:
+            h, w = batch["image"].shape[:2]
+            batch["gt_normal_world"] = camera_normals_to_world(load_gt_normal(path, h, w), camera.camera_to_worlds[0])
+    return batch
+
+
 class HeadPipeline(VanillaPipeline):
     config: HeadPipelineConfig
 
@@ -197,20 +213,8 @@ class HeadPipeline(VanillaPipeline):
         return result
 
     def eval_inputs(self, camera, batch: Dict) -> Dict:
-        """The eval batch plus what geometry metrics need: the camera, landmarks in pixels of this
-        resolution, and the ground-truth normal map in world space where the subject has one."""
-        dataset = self.datamanager.eval_dataset
-        batch = dict(batch, camera=camera)
-        meta = camera.metadata or {}
-        if "landmarks" in meta:
-            batch["landmarks_px"] = meta["landmarks"].reshape(-1, 2) * dataset.scale_factor
-        idx = int(batch.get("image_idx", -1))
-        if 0 <= idx < len(dataset.image_filenames):
-            path = gt_normal_path(dataset.image_filenames[idx])
-            if path is not None:
-                h, w = batch["image"].shape[:2]
-                batch["gt_normal_world"] = camera_normals_to_world(load_gt_normal(path, h, w), camera.camera_to_worlds[0])
-        return batch
+        """The eval batch plus what geometry metrics need (:func:`eval_inputs`)."""
+        return eval_inputs(self.datamanager.eval_dataset, camera, batch)
 
     def _geometry_mesher(self) -> Optional[FrameMesher]:
         """The mesher of the geometry metrics, or None where they do not apply (not a Kinect subject,
