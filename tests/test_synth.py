@@ -240,7 +240,8 @@ def test_cli_flame_model(tmp_path):
     res = hs_synth("flame-model", str(tmp_path / "m" / "generic_model.pkl"), "--seed", "2")
     assert res.returncode == 0, res.stderr
     assert {p.name for p in (tmp_path / "m").iterdir()} == {
-        "generic_model.pkl", "landmark_embedding.npy", "FLAME_masks.pkl", "landmark_embedding_with_eyes.npy"
+        "generic_model.pkl", "landmark_embedding.npy", "FLAME_masks.pkl", "landmark_embedding_with_eyes.npy",
+        "mediapipe_landmark_embedding.npz",
     }  # fmt: skip
     again = hs_synth("flame-model", str(tmp_path / "m" / "generic_model.pkl"))
     assert again.returncode == 1 and "already exists" in again.stderr

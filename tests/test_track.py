@@ -55,7 +55,7 @@ def test_landmark_flame_matches_the_whole_model(flame):
     sparse = LandmarkFlame(flame)
     assert sparse.v_template.shape[0] < flame.num_vertices / 5
     out = flame(shape=shape[None], expression=expression, pose=pose)
-    landmarks, iris = sparse(shape, expression, pose)
+    landmarks, iris, _ = sparse(shape, expression, pose)
     assert torch.allclose(landmarks, out.landmarks, atol=1e-6)
     assert torch.allclose(iris, flame.iris_landmarks(out.vertices), atol=1e-6)
 
@@ -85,6 +85,98 @@ def test_frames_without_landmarks_are_left_out_and_bridged(flame):
     between = 0.5 * (fit.translation[1] + fit.translation[3])
     assert float((fit.translation[2] - between).norm()) < 0.1  # held between its neighbours
     assert float(fit.error_px[[0, 1, 3, 4]].max()) < 1.0
+
+
+def test_closest_points_on_mesh_is_exact():
+    """Nearest surface points: never farther than the nearest of 400k area samples, and on the surface."""
+    from headstudio.flame.procedural import build_template
+    from headstudio.ops.mesh import closest_points_on_mesh, sample_surface
+
+    t = build_template()
+    verts, faces = torch.as_tensor(t.vertices), torch.as_tensor(t.faces, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    queries = verts[::97] + 0.01 * torch.randn(len(verts[::97]), 3, generator=g, dtype=verts.dtype)
+    face, bary, dist = closest_points_on_mesh(queries, verts, faces)
+    assert bary.min() > -1e-9 and torch.allclose(bary.sum(-1), torch.ones(len(bary), dtype=bary.dtype))
+    on_mesh = (verts[faces[face]] * bary[..., None]).sum(-2)
+    assert torch.allclose((on_mesh - queries).norm(dim=-1), dist, atol=1e-12)
+    _, _, samples, _ = sample_surface(verts, faces, 400_000, generator=g)
+    sampled = torch.cdist(queries, samples).min(1).values
+    assert float((dist - sampled).max()) < 1e-9 and float((sampled - dist).max()) < 5e-4  # samples ~0.3 mm apart
+
+
+def test_mediapipe_embedding_file_errors_name_the_field(tmp_path):
+    from headstudio.flame.files import FlameFileError
+    from headstudio.track.mediapipe_embedding import load_mediapipe_embedding
+
+    path = tmp_path / "mediapipe_landmark_embedding.npz"
+    np.savez(path, landmark_indices=np.arange(3), lmk_face_idx=np.arange(3))
+    with pytest.raises(FlameFileError, match="mediapipe_landmark_embedding.npz: field 'lmk_b_coords' is missing"):
+        load_mediapipe_embedding(path)
+    np.savez(path, landmark_indices=np.arange(3), lmk_face_idx=np.arange(2), lmk_b_coords=np.full((3, 3), 1 / 3))
+    with pytest.raises(FlameFileError, match="field 'lmk_face_idx' has 2 rows"):
+        load_mediapipe_embedding(path)
+    np.savez(path, landmark_indices=np.arange(3), lmk_face_idx=np.array([0, 1, 99]), lmk_b_coords=np.full((3, 3), 1 / 3))
+    with pytest.raises(FlameFileError, match="'lmk_face_idx' points past the model's 50 faces"):
+        load_mediapipe_embedding(path, num_faces=50)
+    assert len(load_mediapipe_embedding(path, num_faces=100)) == 3  # FLAME's own file has no weights: all 1
+    path.write_text("no npz")
+    with pytest.raises(FlameFileError, match="not a readable .npz"):
+        load_mediapipe_embedding(path)
+
+
+def test_dense_fit_recovers_the_pose_from_embedded_points(flame):
+    """The dense term alone (the 68 iBUG points weighted 0) on exact mediapipe-like points of a known clip."""
+    from headstudio.flame.model import faces_points
+    from headstudio.track.mediapipe_embedding import PROCEDURAL_EMBEDDING, load_mediapipe_embedding
+
+    truth = _clip(flame)
+    emb = load_mediapipe_embedding(PROCEDURAL_EMBEDDING, num_faces=int(flame.faces.shape[0]))
+    verts = flame(shape=truth["shape"][None], expression=truth["expression"], pose=truth["pose"]).vertices
+    pts = faces_points(verts, flame.faces, torch.as_tensor(emb.faces), torch.as_tensor(emb.bary).to(verts))
+    dense = project(pts * WORLD_SCALE + truth["translation"][:, None], torch.tensor(FOCAL, dtype=verts.dtype), SIZE)
+    cfg = LandmarkFitConfig(rigid_steps=100, full_steps=600, focal=False, smoothness=0.0, landmark_weight=0.0)
+    fit = fit_flame_to_landmarks(flame, truth["landmarks"], SIZE, FOCAL, iris_px=truth["iris"], config=cfg,
+                                 dense_px=dense, dense_embedding=emb)  # fmt: skip
+    assert float(fit.dense_error_px.max()) < 1.0, fit.dense_error_px
+    assert float(fit.error_px.max()) < 1.0  # the 68, not fitted, follow
+    assert float((fit.pose[:, 6] - truth["pose"][:, 6]).abs().max()) < 0.05
+    from headstudio.flame.lbs import axis_angle_to_matrix
+
+    def head(pose):  # global, then neck: how the head turns in the camera (the two trade off against each other)
+        return axis_angle_to_matrix(pose[:, :3]) @ axis_angle_to_matrix(pose[:, 3:6])
+
+    rel = head(fit.pose).transpose(-1, -2) @ head(truth["pose"])
+    angle = torch.arccos(((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    assert math.degrees(float(angle.max())) < 3.0, angle
+    with pytest.raises(ValueError, match="dense points must be"):
+        fit_flame_to_landmarks(flame, truth["landmarks"], SIZE, FOCAL, config=cfg, dense_px=dense[:, :5], dense_embedding=emb)
+
+
+def test_shipped_embedding_holds_on_an_unseen_identity_and_calibration_reproduces_it():
+    """On renders of an identity the calibration did not use, mediapipe's firm points lie near their embedded
+    points on the true mesh; a small calibration (one seed, four frames) puts them where the shipped one does."""
+    pytest.importorskip("mediapipe", reason="mediapipe missing: pip install --no-deps mediapipe==0.10.9 (.ci/run does)")
+    from headstudio.flame.procedural import build_template
+    from headstudio.track.calibrate import CALIBRATION_SEEDS, calibrate, embedding_residuals
+    from headstudio.track.mediapipe_embedding import PROCEDURAL_EMBEDDING, load_mediapipe_embedding
+
+    shipped = load_mediapipe_embedding(PROCEDURAL_EMBEDDING)
+    assert len(shipped) > 400 and 5 not in CALIBRATION_SEEDS
+    firm = shipped.weights > 0.5
+    residual = embedding_residuals(shipped, seed=5, frames=3)
+    assert np.isfinite(residual).all()
+    assert np.median(residual[:, firm]) < 3.0, np.median(residual[:, firm])  # px at 512
+    assert np.median(residual[:, firm]) < np.median(residual[:, ~firm])
+    small, stats = calibrate(seeds=(CALIBRATION_SEEDS[0],), frames=4)
+    t = build_template()
+
+    def where(e):
+        return {int(i): (t.vertices[t.faces[f]] * b[:, None]).sum(0) for i, f, b in zip(e.indices, e.faces, e.bary)}
+
+    a, b = where(shipped), where(small)
+    apart = [np.linalg.norm(a[i] - b[i]) for i in shipped.indices[firm] if i in b]
+    assert len(apart) > 0.8 * firm.sum() and np.median(apart) < 0.003, np.median(apart)  # metres (one identity vs six)
 
 
 def test_landmark_fit_needs_68_points(flame):
@@ -202,8 +294,19 @@ def test_hs_track_writes_an_imavatar_subject_the_dataparser_reads(synthetic_vide
     assert "procedural FLAME-format model (a stand-in, not FLAME" in text and "6 train + 2 test frames" in text
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 8 and report["frames_without_face"] == []
-    assert report["mean_landmark_error_px"] < 6.0  # against mediapipe's points, at 256 px
-    assert (out / "overlay.mp4").stat().st_size > 1000 and (out / "flame" / "generic_model.pkl").exists()
+    assert "mediapipe face-mesh points through their mesh embedding (headstudio's calibrated one)" in report["landmarks_fitted"]
+    assert report["mean_dense_error_px"] < 4.0, report["mean_dense_error_px"]  # against mediapipe's points, at 256 px
+    assert (out / "flame" / "generic_model.pkl").exists() and (out / "flame" / "mediapipe_landmark_embedding.npz").exists()
+    import cv2
+
+    from headstudio.utils.video import read_video
+
+    overlay = read_video(out / "overlay.mp4").astype(float)
+    crop = cv2.imread(str(out / "me" / "train" / "image" / "1.png"))[:, :, ::-1].astype(float)
+    face = cv2.imread(str(out / "me" / "train" / "face_mask" / "1.png"), cv2.IMREAD_GRAYSCALE) > 0
+    assert overlay.shape == (8, 256, 256, 3)
+    changed = np.abs(overlay[0] - crop).mean(-1)
+    assert changed[face].mean() > 20 and np.median(changed[~face]) < 3  # the mesh is drawn over the face only
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     from headstudio.data.errors import Problems
     from headstudio.data.formats.imavatar import read_imavatar

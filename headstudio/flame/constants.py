@@ -5,6 +5,8 @@ LANDMARK_FILENAME = "landmark_embedding.npy"
 LANDMARK_WITH_EYES_FILENAME = "landmark_embedding_with_eyes.npy"
 """IMavatar's 70-point embedding (the 68 plus two iris points)."""
 MASKS_FILENAME = "FLAME_masks.pkl"
+MEDIAPIPE_EMBEDDING_FILENAME = "mediapipe_landmark_embedding.npz"
+"""Where mediapipe's face-mesh points lie on the mesh (FLAME's file of that name; metrical-tracker reads it)."""
 
 NUM_JOINTS = 5
 """global, neck, jaw, left eye, right eye"""

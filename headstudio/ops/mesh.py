@@ -37,3 +37,45 @@ def sample_surface(
     points = (tri[face] * bary[..., None]).sum(-2)
     normals = cross[face] / area[face, None].clamp_min(1e-20)
     return face, bary, points, normals
+
+
+def closest_points_on_mesh(
+    points: Float[Tensor, "N 3"], verts: Float[Tensor, "V 3"], faces: Int[Tensor, "F 3"], chunk: int = 64
+) -> tuple[Int[Tensor, "N"], Float[Tensor, "N 3"], Float[Tensor, "N"]]:
+    """The nearest surface point of each query, exactly (every triangle; chunked over the queries).
+
+    Returns its face, barycentric coordinates and the distance. The nearest point of a triangle is the
+    query's projection onto its plane when that falls inside, else the nearest point of one of its edges.
+    """
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]  # F 3
+    ab, ac = b - a, c - a
+    d00, d01, d11 = (ab * ab).sum(-1), (ab * ac).sum(-1), (ac * ac).sum(-1)
+    den = (d00 * d11 - d01 * d01).clamp_min(1e-30)
+    out_face, out_bary, out_dist = [], [], []
+    for start in range(0, len(points), chunk):
+        p = points[start : start + chunk, None, :]  # n 1 3
+        ap = p - a
+        d20, d21 = (ap * ab).sum(-1), (ap * ac).sum(-1)
+        v = (d11 * d20 - d01 * d21) / den  # n F
+        w = (d00 * d21 - d01 * d20) / den
+        inside = (v >= 0) & (w >= 0) & (v + w <= 1)
+        plane = (p - (a + v[..., None] * ab + w[..., None] * ac)).norm(dim=-1)
+        cand_v, cand_w = [v], [w]
+        cand_d = [torch.where(inside, plane, torch.full_like(plane, float("inf")))]
+        for e0, d, to_vw in ((a, ab, lambda t: (t, 0 * t)), (a, ac, lambda t: (0 * t, t)), (b, c - b, lambda t: (1 - t, t))):
+            t = (((p - e0) * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-30)).clamp(0, 1)
+            ev, ew = to_vw(t)
+            cand_v.append(ev)
+            cand_w.append(ew)
+            cand_d.append((p - (e0 + t[..., None] * d)).norm(dim=-1))
+        dist = torch.stack(cand_d)  # 4 n F
+        best, which = dist.min(0)  # n F
+        face = best.argmin(-1)  # n
+        rows = torch.arange(len(face), device=points.device)
+        k = which[rows, face]
+        vb = torch.stack(cand_v)[k, rows, face]
+        wb = torch.stack(cand_w)[k, rows, face]
+        out_face.append(face)
+        out_bary.append(torch.stack([1 - vb - wb, vb, wb], -1))
+        out_dist.append(best[rows, face])
+    return torch.cat(out_face), torch.cat(out_bary), torch.cat(out_dist)

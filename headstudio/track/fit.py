@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from jaxtyping import Float
@@ -23,7 +23,10 @@ from torch import Tensor
 
 from headstudio.flame.constants import WORLD_SCALE
 from headstudio.flame.lbs import axis_angle_to_matrix, lbs
-from headstudio.flame.model import FlameModel
+from headstudio.flame.model import FlameModel, faces_points
+
+if TYPE_CHECKING:
+    from headstudio.track.mediapipe_embedding import MediapipeEmbedding
 
 CONTOUR = slice(0, 17)
 
@@ -56,6 +59,14 @@ class LandmarkFitConfig:
     """Weight of squared differences between neighbouring frames (expression, rotations, translation x 10)."""
     focal: bool = True
     """Fit the focal length in stage 2 (one for the clip); else keep the initial one."""
+    landmark_weight: float = 1.0
+    """Weight of the 68 iBUG landmarks' term."""
+    dense_weight: float = 1.0
+    """Weight of the dense term: mediapipe's face-mesh points against their embedding on the mesh
+    (:mod:`headstudio.track.mediapipe_embedding`), each also weighted by the embedding's confidence."""
+    dense_robust_px: float = 0.0
+    """> 0: the dense term is robust (Cauchy: s^2 log(1 + e^2 / s^2) with this s, in px of a 512-px image),
+    so a point the detector misplaces in one frame pulls less; 0: squared error."""
 
 
 @dataclass
@@ -74,6 +85,10 @@ class LandmarkFit:
     iris_px: Optional[Float[Tensor, "T 2 2"]]
     error_px: Float[Tensor, "T"]
     """Mean 2-D distance of the fitted to the given landmarks per frame (NaN for frames without any)."""
+    dense_px: Optional[Float[Tensor, "T K 2"]] = None
+    """The fitted mesh's embedded mediapipe points, projected (when the fit had them)."""
+    dense_error_px: Optional[Float[Tensor, "T"]] = None
+    """Mean 2-D distance of those to the detected points per frame."""
     history: list = field(default_factory=list)
 
 
@@ -82,11 +97,17 @@ class LandmarkFlame(torch.nn.Module):
     the same landmarks as :meth:`FlameModel.landmarks` for a small part of the cost of the whole mesh. The
     joints come from the whole shaped mesh, through the regressor contracted with the bases once."""
 
-    def __init__(self, flame: FlameModel) -> None:
+    def __init__(
+        self, flame: FlameModel, dense_faces: Optional[Tensor] = None, dense_bary: Optional[Tensor] = None
+    ) -> None:
         super().__init__()
         groups = [flame.lmk_static_faces.reshape(-1), flame.lmk_dynamic_faces.reshape(-1)]
         if flame.has_iris:
             groups.append(flame.lmk_iris_faces.reshape(-1))
+        self.has_dense = dense_faces is not None
+        if self.has_dense:
+            dense_faces = torch.as_tensor(dense_faces, dtype=torch.long, device=flame.faces.device)
+            groups.append(dense_faces)
         used = torch.unique(flame.faces[torch.cat(groups)].reshape(-1))
         remap = torch.full((flame.num_vertices,), -1, dtype=torch.long, device=used.device)
         remap[used] = torch.arange(len(used), device=used.device)
@@ -94,6 +115,9 @@ class LandmarkFlame(torch.nn.Module):
         self.parents = flame.parents
         self.has_iris = flame.has_iris
         self.register_buffer("faces", remap[flame.faces], persistent=False)  # -1 where a face leaves the subset
+        if self.has_dense:
+            self.register_buffer("dense_faces", dense_faces, persistent=False)
+            self.register_buffer("dense_bary", torch.as_tensor(dense_bary).to(flame.v_template), persistent=False)
         self.register_buffer("v_template", flame.v_template[used], persistent=False)
         self.register_buffer("shapedirs", flame.shapedirs[used], persistent=False)
         self.register_buffer("exprdirs", flame.exprdirs[used], persistent=False)
@@ -106,8 +130,9 @@ class LandmarkFlame(torch.nn.Module):
 
     def forward(
         self, shape: Float[Tensor, "S"], expression: Float[Tensor, "B E"], pose: Float[Tensor, "B 15"]
-    ) -> tuple[Float[Tensor, "B 68 3"], Optional[Float[Tensor, "B 2 3"]]]:
-        """Landmarks (and the irises, where the model has them) of each frame, in FLAME units."""
+    ) -> tuple[Float[Tensor, "B 68 3"], Optional[Float[Tensor, "B 2 3"]], Optional[Float[Tensor, "B K 3"]]]:
+        """Landmarks, the irises (where the model has them) and the dense embedded points (where given) of each
+        frame, in FLAME units."""
         b = pose.shape[0]
         full_shape = shape.new_zeros(self.shapedirs.shape[-1])
         full_shape[: shape.shape[0]] = shape
@@ -119,7 +144,8 @@ class LandmarkFlame(torch.nn.Module):
         verts, _ = lbs(rest, self.weights, rot_mats, joints, self.parents, pose_dirs=self.posedirs)
         landmarks = self.flame.landmarks(verts, rot_mats, faces=self.faces)
         iris = self.flame.iris_landmarks(verts, faces=self.faces) if self.has_iris else None
-        return landmarks, iris
+        dense = faces_points(verts, self.faces, self.dense_faces, self.dense_bary) if self.has_dense else None
+        return landmarks, iris, dense
 
 
 def project(points: Float[Tensor, "*B N 3"], focal: Tensor, size: tuple[int, int]) -> Float[Tensor, "*B N 2"]:
@@ -165,11 +191,15 @@ def fit_flame_to_landmarks(
     iris_px: Optional[Float[Tensor, "T 2 2"]] = None,
     config: LandmarkFitConfig = LandmarkFitConfig(),
     progress: Optional[Callable[[int, int, float], None]] = None,
+    dense_px: Optional[Float[Tensor, "T K 2"]] = None,
+    dense_embedding: Optional["MediapipeEmbedding"] = None,
 ) -> LandmarkFit:
     """Fit one shape and focal and per-frame expression, pose and translation to 2-D landmarks.
 
-    NaN landmarks (a frame without a face, a point not detected) are left out of the loss; such frames
-    are held by the smoothness term between their neighbours."""
+    ``dense_px`` (with ``dense_embedding``): detected mediapipe points, the embedding's ``indices`` in its
+    order, fitted to their embedded mesh points (the dense term). NaN landmarks (a frame without a face, a
+    point not detected) are left out of the loss; such frames are held by the smoothness term between
+    their neighbours."""
     if landmarks_px.dim() != 3 or tuple(landmarks_px.shape[1:]) != (68, 2):
         raise ValueError(f"landmarks must be (frames, 68, 2) iBUG-68 pixels, got {tuple(landmarks_px.shape)}")
     device, dtype = flame.v_template.device, flame.v_template.dtype
@@ -185,11 +215,18 @@ def fit_flame_to_landmarks(
         iris_valid = torch.isfinite(iris).all(-1).to(dtype)
         iris = torch.nan_to_num(iris)
     scale = 512.0 / max(size)  # errors in pixels of a 512-px image, whatever the resolution
+    use_dense = dense_px is not None and dense_embedding is not None and config.dense_weight > 0
+    if use_dense:
+        if tuple(dense_px.shape) != (t_count, len(dense_embedding), 2):
+            raise ValueError(f"dense points must be (frames, {len(dense_embedding)}, 2), got {tuple(dense_px.shape)}")
+        dense = dense_px.to(device, dtype)
+        dense_valid = torch.isfinite(dense).all(-1).to(dtype) * torch.as_tensor(dense_embedding.weights).to(dense)
+        dense = torch.nan_to_num(dense)
 
     with torch.no_grad():
         neutral = flame()
         t0 = initial_translation(lm, valid, neutral.landmarks[0], focal, size)
-    sparse = LandmarkFlame(flame)
+    sparse = LandmarkFlame(flame, *((dense_embedding.faces, dense_embedding.bary) if use_dense else ()))
     shape = torch.zeros(config.num_shape, device=device, dtype=dtype, requires_grad=True)
     expression = torch.zeros(t_count, flame.num_expression, device=device, dtype=dtype, requires_grad=True)
     pose = torch.zeros(t_count, 15, device=device, dtype=dtype, requires_grad=True)
@@ -197,16 +234,24 @@ def fit_flame_to_landmarks(
     log_focal = torch.tensor(math.log(focal), device=device, dtype=dtype, requires_grad=True)
 
     def evaluate():
-        landmarks, iris_points = sparse(shape, expression, pose)
+        landmarks, iris_points, dense_points = sparse(shape, expression, pose)
         f = log_focal.exp()
         pred = project(landmarks * WORLD_SCALE + translation[:, None], f, size)
         pred_iris = project(iris_points * WORLD_SCALE + translation[:, None], f, size) if use_iris else None
-        return pred, pred_iris
+        pred_dense = project(dense_points * WORLD_SCALE + translation[:, None], f, size) if use_dense else None
+        return pred, pred_iris, pred_dense
 
     def loss_fn():
-        pred, pred_iris = evaluate()
+        pred, pred_iris, pred_dense = evaluate()
         err = (((pred - lm) * scale) ** 2).sum(-1) * valid * weights
-        loss = err.sum() / (valid * weights).sum().clamp_min(1)
+        loss = config.landmark_weight * err.sum() / (valid * weights).sum().clamp_min(1)
+        if use_dense:
+            derr = (((pred_dense - dense) * scale) ** 2).sum(-1)
+            if config.dense_robust_px > 0:
+                s2 = config.dense_robust_px**2
+                derr = s2 * torch.log1p(derr / s2)
+            derr = derr * dense_valid
+            loss = loss + config.dense_weight * derr.sum() / dense_valid.sum().clamp_min(1e-6)
         if use_iris:
             ierr = (((pred_iris - iris) * scale) ** 2).sum(-1) * iris_valid
             loss = loss + config.iris_weight * ierr.sum() / iris_valid.sum().clamp_min(1)
@@ -238,13 +283,19 @@ def fit_flame_to_landmarks(
                 progress(done, total, history[-1])
 
     with torch.no_grad():
-        pred, pred_iris = evaluate()
+        pred, pred_iris, pred_dense = evaluate()
         dist = (pred - lm).norm(dim=-1)
         error = (dist * valid).sum(1) / valid.sum(1)
         error[valid.sum(1) == 0] = float("nan")
+        dense_error = None
+        if use_dense:
+            seen = torch.isfinite(dense_px.to(device)).all(-1).to(dtype)
+            dense_error = ((pred_dense - dense).norm(dim=-1) * seen).sum(1) / seen.sum(1)
+            dense_error[seen.sum(1) == 0] = float("nan")
     full_shape = torch.zeros(flame.num_shape, device=device, dtype=dtype)
     full_shape[: config.num_shape] = shape.detach()
     return LandmarkFit(
         shape=full_shape, expression=expression.detach(), pose=pose.detach(), translation=translation.detach(),
         focal=float(log_focal.detach().exp()), landmarks_px=pred, iris_px=pred_iris, error_px=error, history=history,
+        dense_px=pred_dense, dense_error_px=dense_error,
     )  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -58,20 +58,45 @@ def write_video(path: Path | str, frames: Sequence[np.ndarray] | np.ndarray, fps
     return writer
 
 
-def _write_pyav(path: Path, video: np.ndarray, fps: float) -> None:
+def _write_pyav(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
+    """H.264 MP4 of RGB uint8 frames, encoded as they come (one frame in memory at a time); returns the count.
+    An odd last row / column is dropped (4:2:0 chroma)."""
     import av
     from fractions import Fraction
 
+    count = 0
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height = int(video.shape[2]), int(video.shape[1])
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18"}
-        for frame in video:
+        for frame in frames:
+            if count == 0:
+                stream.width, stream.height = int(frame.shape[1]) // 2 * 2, int(frame.shape[0]) // 2 * 2
+            frame = np.ascontiguousarray(frame[: stream.height, : stream.width])
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
+            count += 1
         for packet in stream.encode():
             container.mux(packet)
+    return count
+
+
+def write_video_stream(path: Path | str, frames: Iterable[np.ndarray], fps: float) -> int:
+    """Write RGB uint8 frames from an iterator to an MP4 (PyAV), one at a time, atomically: for videos too
+    long to hold in memory. Returns the number of frames."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"{path}: write_video_stream writes .mp4")
+    with atomic_path(path) as tmp:
+        mp4 = tmp.with_suffix(".mp4")
+        try:
+            count = _write_pyav(mp4, frames, fps)
+            if count == 0:
+                raise ValueError(f"{path}: no frames to write")
+            mp4.replace(tmp)
+        finally:
+            mp4.unlink(missing_ok=True)
+    return count
 
 
 def read_video(path: Path | str) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -55,6 +56,10 @@ class Frame:
     normal: Float[Tensor, "H W 3"]
     """Unit normals in OpenCV camera coordinates; 0 on background."""
     label: Int[Tensor, "H W"]
+    face_id: Optional[Int[Tensor, "H W"]] = None
+    """The visible mesh face per pixel (-1: background)."""
+    bary: Optional[Float[Tensor, "H W 3"]] = None
+    """Barycentric coordinates of the visible point in it."""
 
 
 class HeadRenderer:
@@ -104,4 +109,5 @@ class HeadRenderer:
         normal_map[fg] = normal
         label_map = torch.zeros(cam.height, cam.width, dtype=torch.long)
         label_map[fg] = label
-        return Frame(rgb=rgb, mask=mask, depth=frags.depth.where(mask, torch.zeros(())), normal=normal_map, label=label_map)
+        return Frame(rgb=rgb, mask=mask, depth=frags.depth.where(mask, torch.zeros(())), normal=normal_map, label=label_map,
+                     face_id=frags.face_id, bary=frags.bary)

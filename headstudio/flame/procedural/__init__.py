@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headstudio.flame.constants import LANDMARK_FILENAME, LANDMARK_WITH_EYES_FILENAME, MASKS_FILENAME
+from headstudio.flame.constants import LANDMARK_FILENAME, LANDMARK_WITH_EYES_FILENAME, MASKS_FILENAME, MEDIAPIPE_EMBEDDING_FILENAME
 from headstudio.flame.procedural.annotations import _landmark_embedding, _region_masks, with_iris
 from headstudio.flame.procedural.bases import (
     EXPRESSION_NAMES,
@@ -128,9 +128,14 @@ def make_procedural_flame(seed: int = 0, num_shape: int = NUM_SHAPE, num_express
     return ProceduralFlame(model, _landmark_embedding(t, normals), _region_masks(t, weights), t)
 
 
-def write_procedural_flame(out_path: os.PathLike | str, seed: int = 0, overwrite: bool = False) -> list[Path]:
+def write_procedural_flame(
+    out_path: os.PathLike | str, seed: int = 0, overwrite: bool = False, mediapipe_embedding: bool = True
+) -> list[Path]:
     """Write ``generic_model.pkl``-style model, ``landmark_embedding.npy``, ``FLAME_masks.pkl`` and
-    ``landmark_embedding_with_eyes.npy`` (IMavatar's 70-point embedding: the 68 plus two irises).
+    ``landmark_embedding_with_eyes.npy`` (IMavatar's 70-point embedding: the 68 plus two irises) and
+    ``mediapipe_landmark_embedding.npz`` (where mediapipe's face-mesh points lie, for hs-track: the shipped
+    calibration, :mod:`headstudio.track.mediapipe_embedding`; the same for every seed; left out with
+    ``mediapipe_embedding=False``, as the calibration itself does).
 
     The companions are written beside ``out_path`` with their official names. Every file
     is written to a temporary name first, then renamed.
@@ -146,7 +151,7 @@ def write_procedural_flame(out_path: os.PathLike | str, seed: int = 0, overwrite
         out_path.with_name(LANDMARK_FILENAME),
         out_path.with_name(MASKS_FILENAME),
         out_path.with_name(LANDMARK_WITH_EYES_FILENAME),
-    ]
+    ] + ([out_path.with_name(MEDIAPIPE_EMBEDDING_FILENAME)] if mediapipe_embedding else [])
     if not overwrite:
         for p in targets:
             if p.exists():
@@ -163,4 +168,7 @@ def write_procedural_flame(out_path: os.PathLike | str, seed: int = 0, overwrite
     with atomic_path(targets[3]) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, np.array(with_iris(flame.landmarks, flame.template), dtype=object), allow_pickle=True)
+    if mediapipe_embedding:
+        with atomic_path(targets[4]) as tmp:
+            tmp.write_bytes((Path(__file__).resolve().parent / MEDIAPIPE_EMBEDDING_FILENAME).read_bytes())
     return targets

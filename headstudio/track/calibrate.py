@@ -1,0 +1,205 @@
+"""Calibrate the procedural model's mediapipe embedding from renders whose mesh is known.
+
+    python -m headstudio.track.calibrate headstudio/flame/procedural/mediapipe_landmark_embedding.npz
+
+For each seed: a procedural subject (``hs-synth subject``'s identity, look and training motion) rendered
+at ``--size`` px; mediapipe's face mesh on each frame; under each detected point the visible surface point
+(the rasterizer's face and barycentric coordinates), carried to the neutral template. Per point: the
+robust centre of those template positions over all frames, snapped to the skin; its spread gives the
+weight (:mod:`headstudio.track.mediapipe_embedding`). Points seen on the skin in fewer than
+``--min-hit`` of the frames are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import tyro
+
+from headstudio.track.mediapipe_embedding import MediapipeEmbedding, save_mediapipe_embedding
+
+CALIBRATION_SEEDS = (101, 102, 103, 104, 105, 106)
+"""Identities the shipped embedding is calibrated on; the benches' subjects (seeds 0-20) are not among them."""
+
+FACE_MESH_POINTS = 468
+"""mediapipe's face-mesh points (the 10 iris points after them are the irises, embedded separately)."""
+
+
+@dataclass
+class CalibrationStats:
+    hits: np.ndarray
+    """(468,) frames in which the point fell on the skin."""
+    spread_m: np.ndarray
+    """(468,) median distance of the point's template positions from their centre (metres)."""
+    frames: int
+
+
+def observed_template_points(
+    face_id: torch.Tensor, bary: torch.Tensor, template: torch.Tensor, faces: torch.Tensor, allowed: torch.Tensor,
+    points_px: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """(N, 3) template positions of the surface under each pixel point (NaN off the image or off ``allowed`` faces)."""
+    h, w = face_id.shape
+    out = np.full((len(points_px), 3), np.nan)
+    cols, rows = np.floor(points_px[:, 0]).astype(int), np.floor(points_px[:, 1]).astype(int)
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    idx = np.nonzero(inside)[0]
+    f = face_id[rows[idx], cols[idx]]
+    ok = f >= 0
+    ok[ok.clone()] = allowed[f[ok]]
+    idx, f = idx[ok.numpy()], f[ok]
+    b = bary[rows[idx], cols[idx]]
+    out[idx] = (template[faces[f]] * b[..., None]).sum(-2).double().numpy()
+    return out
+
+
+def robust_centre(samples: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre of (n, 3) samples (the mean of those within 2.5 median distances of the coordinate-wise
+    median) and their median distance from it."""
+    med = np.median(samples, axis=0)
+    d = np.linalg.norm(samples - med, axis=-1)
+    keep = d <= 2.5 * max(np.median(d), 1e-6)
+    centre = samples[keep].mean(0)
+    return centre, float(np.median(np.linalg.norm(samples - centre, axis=-1)))
+
+
+def rendered_detections(seed: int, frames: int, size: int = 512) -> Iterator[tuple]:
+    """``frames`` renders of seed ``seed``'s procedural subject (its identity, look and training motion, seen
+    by hs-synth's default camera) and mediapipe's detection in each: (rendered Frame, posed vertices in
+    world units, camera, FaceLandmarks or None) per frame."""
+    import tempfile
+
+    from headstudio.data.synth.render import HeadRenderer, PinholeCamera
+    from headstudio.data.synth.sequences import training_sequence
+    from headstudio.data.synth.subject import SubjectConfig, subject_shape
+    from headstudio.data.synth.texture import Look
+    from headstudio.data.track import FlameTrack
+    from headstudio.flame.constants import MODEL_FILENAME
+    from headstudio.flame.model import FlameModel
+    from headstudio.flame.procedural import build_template, write_procedural_flame
+    from headstudio.track.landmarks import MediapipeDetector
+
+    cfg = SubjectConfig(size=size)
+    camera = PinholeCamera.looking_at_origin(size, cfg.focal, cfg.distance)
+    with tempfile.TemporaryDirectory(prefix="hs-calibrate-") as tmp:
+        model_path = Path(tmp) / MODEL_FILENAME
+        write_procedural_flame(model_path, seed=seed, mediapipe_embedding=False)
+        flame = FlameModel.from_file(model_path, num_shape=cfg.num_shape, num_expression=cfg.num_expression)
+    seq = training_sequence(frames, cfg.num_expression, seed, cfg.fps)
+    track = FlameTrack(flame, torch.as_tensor(subject_shape(seed, cfg.num_shape), dtype=torch.float32),
+                       torch.as_tensor(seq.expression, dtype=torch.float32), torch.as_tensor(seq.pose, dtype=torch.float32))  # fmt: skip
+    renderer = HeadRenderer(build_template(), Look.from_seed(seed), camera)
+    detector = MediapipeDetector()
+    try:
+        for k in range(frames):
+            frame = renderer.render(track.vertices[k])
+            rgb = (frame.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+            yield frame, track.vertices[k], camera, detector(rgb)
+    finally:
+        detector.close()
+
+
+def calibrate(
+    seeds: Sequence[int] = CALIBRATION_SEEDS, frames: int = 40, size: int = 512, min_hit: float = 0.5,
+    spread_scale_m: float = 0.0015, progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[MediapipeEmbedding, CalibrationStats]:  # fmt: skip
+    """The embedding from ``frames`` renders of each seed's subject (see the module docstring).
+
+    ``spread_scale_m``: a point whose spread is this (about 2 px at 512 px from hs-synth's camera) gets
+    weight 1/2 (weight = 1 / (1 + (spread / scale)^2))."""
+    from headstudio.flame.procedural import EAR_L, EAR_R, SKIN, build_template
+    from headstudio.ops.mesh import closest_points_on_mesh
+
+    template = build_template()
+    faces = torch.as_tensor(template.faces, dtype=torch.long)
+    canon = torch.as_tensor(template.vertices, dtype=torch.float32)
+    allowed = torch.as_tensor(np.isin(template.face_part, [SKIN, EAR_L, EAR_R]))
+    samples = [[] for _ in range(FACE_MESH_POINTS)]
+    total, done = len(seeds) * frames, 0
+    for seed in seeds:
+        for frame, _, _, found in rendered_detections(seed, frames, size):
+            if found is not None:
+                pts = observed_template_points(frame.face_id, frame.bary, canon, faces, allowed, found.mesh[:FACE_MESH_POINTS])
+                for i in np.nonzero(np.isfinite(pts).all(-1))[0]:
+                    samples[i].append(pts[i])
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    hits = np.array([len(s) for s in samples])
+    keep = np.nonzero(hits >= max(3, min_hit * total))[0]
+    centres, spreads = np.zeros((len(keep), 3)), np.full(FACE_MESH_POINTS, np.nan)
+    for j, i in enumerate(keep):
+        centres[j], spreads[i] = robust_centre(np.stack(samples[i]))
+    skin = torch.nonzero(allowed).squeeze(-1)
+    face, bary, _ = closest_points_on_mesh(torch.from_numpy(centres), canon.double(), faces[skin])
+    weights = 1.0 / (1.0 + (spreads[keep] / spread_scale_m) ** 2)
+    embedding = MediapipeEmbedding(indices=keep.astype(np.int64), faces=skin[face].numpy().astype(np.int64),
+                                   bary=bary.numpy(), weights=weights)  # fmt: skip
+    return embedding, CalibrationStats(hits=hits, spread_m=spreads, frames=total)
+
+
+def embedding_residuals(embedding: MediapipeEmbedding, seed: int, frames: int, size: int = 512) -> np.ndarray:
+    """(frames, K) pixel distances between mediapipe's points and their embedded points on the true mesh,
+    projected, on renders of seed ``seed`` (NaN where no face was found): how well the embedding holds on
+    an identity it was not calibrated on."""
+    from headstudio.flame.model import faces_points
+    from headstudio.flame.procedural import build_template
+
+    faces = torch.as_tensor(build_template().faces, dtype=torch.long)
+    out = np.full((frames, len(embedding)), np.nan)
+    for k, (_, verts, camera, found) in enumerate(rendered_detections(seed, frames, size)):
+        if found is None:
+            continue
+        pts = faces_points(verts[None].double(), faces, torch.as_tensor(embedding.faces), torch.as_tensor(embedding.bary))[0]
+        out[k] = np.linalg.norm(camera.project(pts).numpy() - found.mesh[embedding.indices], axis=-1)
+    return out
+
+
+@dataclass
+class Calibrate:
+    """Calibrate the procedural model's mediapipe landmark embedding from renders (writes an npz)."""
+
+    output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUT.npz")]
+    seeds: tuple[int, ...] = CALIBRATION_SEEDS
+    """Identities rendered (keep the benches' subjects out)."""
+    frames: int = 40
+    """Frames of each identity's training motion."""
+    size: int = 512
+    """Render size in pixels (mediapipe's points are most precise on large faces)."""
+
+    def main(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        console = Console(stderr=True)
+        with Progress(console=console) as bar:
+            task = bar.add_task("render + mediapipe", total=len(self.seeds) * self.frames)
+            embedding, stats = calibrate(self.seeds, self.frames, self.size,
+                                         progress=lambda d, t: bar.update(task, completed=d))  # fmt: skip
+        save_mediapipe_embedding(embedding, self.output)
+        spread_px = stats.spread_m[embedding.indices] * cfg_pixels_per_metre(self.size)
+        console.print(f"wrote {self.output}: {len(embedding)} of {FACE_MESH_POINTS} points from {stats.frames} frames; "
+                      f"spread median {np.median(spread_px):.2f} px, 90th percentile {np.percentile(spread_px, 90):.2f} px "
+                      f"at {self.size} px; weight median {np.median(embedding.weights):.2f}")  # fmt: skip
+
+
+def cfg_pixels_per_metre(size: int) -> float:
+    """Pixels per FLAME metre at the head's distance from hs-synth's default camera."""
+    from headstudio.data.synth.subject import SubjectConfig
+    from headstudio.flame.constants import WORLD_SCALE
+
+    cfg = SubjectConfig(size=size)
+    return cfg.focal * size * WORLD_SCALE / cfg.distance
+
+
+def entrypoint(argv: Optional[Sequence[str]] = None) -> None:
+    tyro.cli(Calibrate, description=__doc__, args=argv).main()
+
+
+if __name__ == "__main__":
+    entrypoint()
