@@ -77,6 +77,12 @@ class Track:
     """Where mediapipe's face-mesh points lie on the model (FLAME's mediapipe_landmark_embedding.npz layout);
     default: that file beside the model (headstudio's procedural model ships a calibrated one). With it the
     fit uses those points (dense); without, the 68 iBUG points mapped from mediapipe's."""
+    photometric_steps: int = 0
+    """> 0: after the landmark fit, this many steps of the photometric refinement (the colour under each face
+    vertex held constant over the clip: headstudio.track.photometric; 100 measured in bench/track.py). Keeps
+    every crop at --photometric-size in memory."""
+    photometric_size: int = 256
+    """Crop size the photometric term samples (pixels)."""
     landmark_weight_with_dense: float = 0.0
     """Weight of the 68 mapped iBUG points beside the dense points (they are a subset of the same detections,
     with the mapping table's bias; bench/track.py measures both)."""
@@ -86,6 +92,8 @@ class Track:
         from headstudio.track.frames import ClipReader, face_crop
         from headstudio.track.landmarks import MediapipeDetector
         from headstudio.track.masks import Foreground, face_region
+
+        import cv2
 
         out = Path(self.output)
         if out.exists():
@@ -130,6 +138,7 @@ class Track:
             folders = [(inner / "train", i + 1) if i < split else (inner / "test", i - split + 1) for i in range(count)]
             # Pass 2: crops and masks, written as they come.
             segment = Foreground()
+            photo_crops, photo_regions = [], []
             with _progress() as bar:
                 task = bar.add_task("crops + masks", total=count)
                 for i, rgb in enumerate(reader.frames()):
@@ -139,18 +148,30 @@ class Track:
                     fg = segment(img, mesh[i])
                     face = face_region(mesh[i], img.shape[:2]) if mesh[i] is not None else np.zeros(img.shape[:2], bool)
                     write_frame_files(*folders[i], img, fg, face)
+                    if self.photometric_steps > 0:
+                        photo_crops.append(cv2.resize(img, (self.photometric_size,) * 2, interpolation=cv2.INTER_AREA))
+                        photo_regions.append(cv2.resize(face.astype(np.uint8), (self.photometric_size,) * 2,
+                                                        interpolation=cv2.INTER_NEAREST) > 0)  # fmt: skip
                     bar.advance(task)
             segment.close()
 
             cfg = LandmarkFitConfig(rigid_steps=self.rigid_steps, full_steps=self.full_steps,
-                                    landmark_weight=1.0 if embedding is None else self.landmark_weight_with_dense)  # fmt: skip
+                                    landmark_weight=1.0 if embedding is None else self.landmark_weight_with_dense,
+                                    photometric_steps=self.photometric_steps)  # fmt: skip
+            photometric = None
+            if self.photometric_steps > 0:
+                from headstudio.track.photometric import PhotometricTarget
+
+                photometric = PhotometricTarget.from_crops(photo_crops, photo_regions, self.size, size=self.photometric_size)
+                del photo_crops, photo_regions
             with _progress() as bar:
-                task = bar.add_task("FLAME fit", total=cfg.rigid_steps + cfg.full_steps)
+                task = bar.add_task("FLAME fit", total=cfg.rigid_steps + cfg.full_steps + cfg.photometric_steps)
                 fit = fit_flame_to_landmarks(
                     flame, torch.from_numpy(ibug).float(), (self.size, self.size), self.focal * self.size,
                     iris_px=torch.from_numpy(iris).float() if flame.has_iris else None, config=cfg,
                     progress=lambda done, total, loss: bar.update(task, completed=done),
                     dense_px=None if dense is None else torch.from_numpy(dense).float(), dense_embedding=embedding,
+                    photometric=photometric,
                 )  # fmt: skip
 
             detected = [np.concatenate([ibug[i], iris[i]]) if detections[i] is not None else None for i in range(count)]
@@ -172,7 +193,8 @@ class Track:
                 "frames_without_face": missing, "frames_with_several_faces": several,
                 "landmark_error_px": errors,
                 "mean_landmark_error_px": float(np.nanmean(fit.error_px.numpy())),
-                "focal_px": fit.focal, "seconds": round(time.monotonic() - started, 1),
+                "focal_px": fit.focal, "photometric_steps": self.photometric_steps,
+                "seconds": round(time.monotonic() - started, 1),
                 "note": ("landmark errors: the fitted FLAME's 68 iBUG landmarks against mediapipe's points mapped to "
                          "them; frames without a face are bridged by the fit's smoothness between their neighbours; "
                          "frames with several faces use the largest"),
@@ -185,9 +207,11 @@ class Track:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        residual = (f"mediapipe's points {report['mean_dense_error_px']:.2f} px from the fitted mesh's"
+                    if "mean_dense_error_px" in report else f"landmark error {report['mean_landmark_error_px']:.2f} px")  # fmt: skip
         console.print(
-            f"wrote {out}: {split} train + {num_test} test frames at {self.size} px; landmark error "
-            f"{report['mean_landmark_error_px']:.2f} px mean; {len(missing)} frame(s) without a face; "
+            f"wrote {out}: {split} train + {num_test} test frames at {self.size} px; {residual} (mean); "
+            f"{len(missing)} frame(s) without a face; "
             f"{report['seconds']:.0f} s ({count / report['seconds']:.2f} frames/s)",
             soft_wrap=True,
         )

@@ -179,6 +179,49 @@ def test_shipped_embedding_holds_on_an_unseen_identity_and_calibration_reproduce
     assert len(apart) > 0.8 * firm.sum() and np.median(apart) < 0.003, np.median(apart)  # metres (one identity vs six)
 
 
+def test_photometric_term_is_lowest_where_the_mesh_sits_and_pulls_back_to_it(flame):
+    """Renders of a known clip: the colour under each visible face vertex is most constant over the clip at
+    the true positions, and the term's gradient on a shifted frame points back."""
+    from headstudio.data.synth.render import HeadRenderer, PinholeCamera
+    from headstudio.data.synth.texture import Look
+    from headstudio.flame.procedural import build_template
+    from headstudio.track import photometric as P
+
+    truth = _clip(flame, frames=4)
+    size = 128
+    focal = FOCAL * size / SIZE[0]
+    verts = flame(shape=truth["shape"][None], expression=truth["expression"], pose=truth["pose"]).vertices
+    verts_gl = verts * WORLD_SCALE + truth["translation"][:, None]
+    # the renderer's camera: OpenCV at the origin looking along +z (OpenGL's -z)
+    camera = PinholeCamera(np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]]), np.diag([1.0, -1.0, -1.0]),
+                           np.zeros(3), size, size)  # fmt: skip
+    renderer = HeadRenderer(build_template(), Look.from_seed(3), camera)
+    crops = [(renderer.render(v.float()).rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy() for v in verts_gl]
+    regions = [np.ones((size, size), bool)] * len(crops)
+    target = P.PhotometricTarget.from_crops(crops, regions, size, size=size, blur_px=1.0)
+    candidates = torch.arange(flame.num_vertices)
+    seen = P.visible_vertices(verts_gl, flame.faces, focal, size, target, candidates)
+    assert 300 < int(seen[0].sum()) < flame.num_vertices / 2  # the front of the head, not the back
+    px = project(verts_gl, torch.tensor(focal), (size, size))
+
+    only_1 = seen.clone()
+    only_1[[0, 2, 3]] = False
+
+    def loss(points):  # frame 1's colours against the references of all frames
+        samples = P.sample_colours(target.images, points, size)
+        return P.photometric_loss(samples, P.reference_colours(samples.detach(), seen), only_1)
+
+    at_truth = float(loss(px))
+    shifted = px.clone()
+    shifted[1] += torch.tensor([1.5, -1.0])
+    shifted.requires_grad_(True)
+    off = loss(shifted)
+    off.backward()
+    assert at_truth < 0.8 * float(off), (at_truth, float(off))
+    pull = -shifted.grad[1][seen[1]].sum(0)  # descent direction of the shifted frame's points
+    assert float(pull @ torch.tensor([-1.5, 1.0])) > 0, pull
+
+
 def test_landmark_fit_needs_68_points(flame):
     with pytest.raises(ValueError, match=r"\(frames, 68, 2\)"):
         fit_flame_to_landmarks(flame, torch.zeros(2, 10, 2), SIZE, FOCAL, config=LandmarkFitConfig(1, 1))
@@ -288,12 +331,13 @@ def test_hs_track_writes_an_imavatar_subject_the_dataparser_reads(synthetic_vide
 
     out = tmp_path / "me"
     res = run_in_process("hs-track", synthetic_video / "video" / "train.mp4", out, "--size", "256",
-                         "--rigid-steps", "60", "--full-steps", "120", "--test-fraction", "0.25")  # fmt: skip
+                         "--rigid-steps", "60", "--full-steps", "120", "--test-fraction", "0.25",
+                         "--photometric-steps", "20", "--photometric-size", "128")  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     text = " ".join(res.stderr.split())
     assert "procedural FLAME-format model (a stand-in, not FLAME" in text and "6 train + 2 test frames" in text
     report = json.loads((out / "report.json").read_text())
-    assert report["frames"] == 8 and report["frames_without_face"] == []
+    assert report["frames"] == 8 and report["frames_without_face"] == [] and report["photometric_steps"] == 20
     assert "mediapipe face-mesh points through their mesh embedding (headstudio's calibrated one)" in report["landmarks_fitted"]
     assert report["mean_dense_error_px"] < 4.0, report["mean_dense_error_px"]  # against mediapipe's points, at 256 px
     assert (out / "flame" / "generic_model.pkl").exists() and (out / "flame" / "mediapipe_landmark_embedding.npz").exists()

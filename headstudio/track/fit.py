@@ -64,9 +64,17 @@ class LandmarkFitConfig:
     dense_weight: float = 1.0
     """Weight of the dense term: mediapipe's face-mesh points against their embedding on the mesh
     (:mod:`headstudio.track.mediapipe_embedding`), each also weighted by the embedding's confidence."""
-    dense_robust_px: float = 0.0
-    """> 0: the dense term is robust (Cauchy: s^2 log(1 + e^2 / s^2) with this s, in px of a 512-px image),
-    so a point the detector misplaces in one frame pulls less; 0: squared error."""
+    photometric_steps: int = 0
+    """Adam steps of the photometric refinement after the landmark stages (0: none; needs a
+    :class:`~headstudio.track.photometric.PhotometricTarget`): the landmark loss plus the texture-constancy
+    term, the focal held."""
+    photometric_weight: float = 100.0
+    """Weight of the photometric term (mean L1 over RGB in [0, 1]) against the landmark loss (squared pixels
+    of a 512-px image)."""
+    photometric_lr: float = 0.005
+    """Adam learning rate of the photometric stage (it refines: smaller steps than the landmark stages)."""
+    photometric_refresh: int = 10
+    """Steps between recomputing the vertices' reference colours (visibility: at the start and halfway)."""
 
 
 @dataclass
@@ -193,13 +201,15 @@ def fit_flame_to_landmarks(
     progress: Optional[Callable[[int, int, float], None]] = None,
     dense_px: Optional[Float[Tensor, "T K 2"]] = None,
     dense_embedding: Optional["MediapipeEmbedding"] = None,
+    photometric: Optional["PhotometricTarget"] = None,
 ) -> LandmarkFit:
     """Fit one shape and focal and per-frame expression, pose and translation to 2-D landmarks.
 
     ``dense_px`` (with ``dense_embedding``): detected mediapipe points, the embedding's ``indices`` in its
     order, fitted to their embedded mesh points (the dense term). NaN landmarks (a frame without a face, a
     point not detected) are left out of the loss; such frames are held by the smoothness term between
-    their neighbours."""
+    their neighbours. ``photometric`` (with ``config.photometric_steps``): the crops for the photometric
+    refinement (:mod:`headstudio.track.photometric`)."""
     if landmarks_px.dim() != 3 or tuple(landmarks_px.shape[1:]) != (68, 2):
         raise ValueError(f"landmarks must be (frames, 68, 2) iBUG-68 pixels, got {tuple(landmarks_px.shape)}")
     device, dtype = flame.v_template.device, flame.v_template.dtype
@@ -226,7 +236,10 @@ def fit_flame_to_landmarks(
     with torch.no_grad():
         neutral = flame()
         t0 = initial_translation(lm, valid, neutral.landmarks[0], focal, size)
-    sparse = LandmarkFlame(flame, *((dense_embedding.faces, dense_embedding.bary) if use_dense else ()))
+    dense_faces = torch.as_tensor(dense_embedding.faces if use_dense else np.zeros(0), dtype=torch.long, device=device)
+    dense_bary = torch.as_tensor(dense_embedding.bary if use_dense else np.zeros((0, 3))).to(device, dtype)
+    num_dense = len(dense_faces)
+    sparse = LandmarkFlame(flame, *((dense_faces, dense_bary) if use_dense else ()))
     shape = torch.zeros(config.num_shape, device=device, dtype=dtype, requires_grad=True)
     expression = torch.zeros(t_count, flame.num_expression, device=device, dtype=dtype, requires_grad=True)
     pose = torch.zeros(t_count, 15, device=device, dtype=dtype, requires_grad=True)
@@ -238,19 +251,18 @@ def fit_flame_to_landmarks(
         f = log_focal.exp()
         pred = project(landmarks * WORLD_SCALE + translation[:, None], f, size)
         pred_iris = project(iris_points * WORLD_SCALE + translation[:, None], f, size) if use_iris else None
-        pred_dense = project(dense_points * WORLD_SCALE + translation[:, None], f, size) if use_dense else None
-        return pred, pred_iris, pred_dense
+        pred_dense = project(dense_points * WORLD_SCALE + translation[:, None], f, size) if dense_points is not None else None
+        extra = None  # the photometric stage's vertices, after the embedded points
+        if pred_dense is not None and pred_dense.shape[1] > num_dense:
+            pred_dense, extra = pred_dense[:, :num_dense], pred_dense[:, num_dense:]
+        return pred, pred_iris, pred_dense if use_dense else None, extra
 
     def loss_fn():
-        pred, pred_iris, pred_dense = evaluate()
+        pred, pred_iris, pred_dense, _ = evaluate()
         err = (((pred - lm) * scale) ** 2).sum(-1) * valid * weights
         loss = config.landmark_weight * err.sum() / (valid * weights).sum().clamp_min(1)
         if use_dense:
-            derr = (((pred_dense - dense) * scale) ** 2).sum(-1)
-            if config.dense_robust_px > 0:
-                s2 = config.dense_robust_px**2
-                derr = s2 * torch.log1p(derr / s2)
-            derr = derr * dense_valid
+            derr = (((pred_dense - dense) * scale) ** 2).sum(-1) * dense_valid
             loss = loss + config.dense_weight * derr.sum() / dense_valid.sum().clamp_min(1e-6)
         if use_iris:
             ierr = (((pred_iris - iris) * scale) ** 2).sum(-1) * iris_valid
@@ -267,7 +279,9 @@ def fit_flame_to_landmarks(
     stages = [([pose, translation], config.rigid_steps), ([shape, expression, pose, translation], config.full_steps)]
     if config.focal:
         stages[1][0].append(log_focal)
-    total, done = sum(n for _, n in stages), 0
+    use_photometric = photometric is not None and config.photometric_steps > 0
+    total = sum(n for _, n in stages) + (config.photometric_steps if use_photometric else 0)
+    done = 0
     for stage, (params, steps) in enumerate(stages):
         optimizer = torch.optim.Adam(params, lr=config.lr)
         for _ in range(steps):
@@ -282,8 +296,43 @@ def fit_flame_to_landmarks(
             if progress is not None:
                 progress(done, total, history[-1])
 
+    if use_photometric:
+        from headstudio.track import photometric as P
+
+        def full_mesh() -> Tensor:
+            with torch.no_grad():
+                verts = flame(shape=torch.cat([shape, shape.new_zeros(flame.num_shape - config.num_shape)])[None],
+                              expression=expression, pose=pose).vertices  # fmt: skip
+                return verts * WORLD_SCALE + translation[:, None]
+
+        everything = torch.arange(flame.num_vertices, device=device)
+        focal_now = float(log_focal.detach().exp())
+        seen_all = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, everything)
+        candidates = everything[seen_all.float().mean(0) >= 0.3]
+        face_of, corner = P.vertex_faces(flame.faces, flame.num_vertices)
+        sparse = LandmarkFlame(flame, torch.cat([dense_faces, face_of[candidates]]),
+                               torch.cat([dense_bary, corner[candidates].to(dtype)]))  # fmt: skip
+        seen = seen_all[:, candidates]
+        reference = None
+        optimizer = torch.optim.Adam([shape, expression, pose, translation], lr=config.photometric_lr)
+        for step in range(config.photometric_steps):
+            if step == config.photometric_steps // 2 and step > 0:
+                seen = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, candidates)
+            optimizer.zero_grad()
+            _, _, _, points = evaluate()
+            samples = P.sample_colours(photometric.images, points, photometric.crop_size)
+            if reference is None or step % config.photometric_refresh == 0:
+                reference = P.reference_colours(samples.detach(), seen)
+            loss = loss_fn() + config.photometric_weight * P.photometric_loss(samples, reference, seen)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            history.append(float(loss.detach()))
+            if progress is not None:
+                progress(done, total, history[-1])
+
     with torch.no_grad():
-        pred, pred_iris, pred_dense = evaluate()
+        pred, pred_iris, pred_dense, _ = evaluate()
         dist = (pred - lm).norm(dim=-1)
         error = (dist * valid).sum(1) / valid.sum(1)
         error[valid.sum(1) == 0] = float("nan")
