@@ -149,8 +149,9 @@ class Track:
                     face = face_region(mesh[i], img.shape[:2]) if mesh[i] is not None else np.zeros(img.shape[:2], bool)
                     write_frame_files(*folders[i], img, fg, face)
                     if self.photometric_steps > 0:
-                        photo_crops.append(cv2.resize(img, (self.photometric_size,) * 2, interpolation=cv2.INTER_AREA))
-                        photo_regions.append(cv2.resize(face.astype(np.uint8), (self.photometric_size,) * 2,
+                        side = (min(self.photometric_size, self.size),) * 2
+                        photo_crops.append(cv2.resize(img, side, interpolation=cv2.INTER_AREA))
+                        photo_regions.append(cv2.resize(face.astype(np.uint8), side,
                                                         interpolation=cv2.INTER_NEAREST) > 0)  # fmt: skip
                     bar.advance(task)
             segment.close()
@@ -162,7 +163,8 @@ class Track:
             if self.photometric_steps > 0:
                 from headstudio.track.photometric import PhotometricTarget
 
-                photometric = PhotometricTarget.from_crops(photo_crops, photo_regions, self.size, size=self.photometric_size)
+                photometric = PhotometricTarget.from_crops(photo_crops, photo_regions, self.size,
+                                                           size=min(self.photometric_size, self.size))  # fmt: skip
                 del photo_crops, photo_regions
             with _progress() as bar:
                 task = bar.add_task("FLAME fit", total=cfg.rigid_steps + cfg.full_steps + cfg.photometric_steps)

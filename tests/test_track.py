@@ -62,8 +62,8 @@ def test_landmark_flame_matches_the_whole_model(flame):
 
 def test_landmark_fit_recovers_the_pose_and_reprojects_within_half_a_pixel(flame):
     truth = _clip(flame)
-    # Four frames far apart in time (the jaw moves 0.1 rad per frame): no smoothness term.
-    cfg = LandmarkFitConfig(rigid_steps=100, full_steps=300, focal=False, smoothness=0.0)
+    # Four frames far apart in time (the jaw moves 0.1 rad per frame): no smoothness term; exact points: no prior.
+    cfg = LandmarkFitConfig(rigid_steps=100, full_steps=300, focal=False, smoothness=0.0, expression_prior=1e-4)
     fit = fit_flame_to_landmarks(flame, truth["landmarks"], SIZE, FOCAL, iris_px=truth["iris"], config=cfg)
     assert fit.history[-1] < 0.05 * fit.history[0]
     assert float(fit.error_px.max()) < 0.5, fit.error_px
@@ -78,7 +78,7 @@ def test_frames_without_landmarks_are_left_out_and_bridged(flame):
     lm = truth["landmarks"].clone()
     lm[2] = float("nan")  # no face in the middle frame
     lm[0, 30] = float("nan")  # one point missing
-    cfg = LandmarkFitConfig(rigid_steps=80, full_steps=150, focal=False)
+    cfg = LandmarkFitConfig(rigid_steps=80, full_steps=150, focal=False, expression_prior=1e-4)
     fit = fit_flame_to_landmarks(flame, lm, SIZE, FOCAL, config=cfg)
     assert math.isnan(float(fit.error_px[2])) and torch.isfinite(fit.error_px[[0, 1, 3, 4]]).all()
     assert torch.isfinite(fit.pose).all() and torch.isfinite(fit.expression).all()
@@ -135,7 +135,8 @@ def test_dense_fit_recovers_the_pose_from_embedded_points(flame):
     verts = flame(shape=truth["shape"][None], expression=truth["expression"], pose=truth["pose"]).vertices
     pts = faces_points(verts, flame.faces, torch.as_tensor(emb.faces), torch.as_tensor(emb.bary).to(verts))
     dense = project(pts * WORLD_SCALE + truth["translation"][:, None], torch.tensor(FOCAL, dtype=verts.dtype), SIZE)
-    cfg = LandmarkFitConfig(rigid_steps=100, full_steps=600, focal=False, smoothness=0.0, landmark_weight=0.0)
+    cfg = LandmarkFitConfig(rigid_steps=100, full_steps=600, focal=False, smoothness=0.0, landmark_weight=0.0,
+                            expression_prior=1e-4)  # fmt: skip
     fit = fit_flame_to_landmarks(flame, truth["landmarks"], SIZE, FOCAL, iris_px=truth["iris"], config=cfg,
                                  dense_px=dense, dense_embedding=emb)  # fmt: skip
     assert float(fit.dense_error_px.max()) < 1.0, fit.dense_error_px
