@@ -191,6 +191,7 @@ def analysis(subject: Path, size: int) -> None:
     found = [detector(f) for f in clip.frames]
     detector.close()
     crop = face_crop([d.mesh for d in found], size)
+    principal = tuple(float(v) for v in crop.points(np.array([[256.0, 256.0]]))[0])  # the source's centre, as hs-track
     truth = json.loads(next(subject.rglob("train/flame_params.json")).read_text())["frames"]
     gt = np.stack([crop.points((np.array(f["flame_keypoints"]) + 1) / 2 * 512 + 0.5) for f in truth])  # T 70 2
     mapped = np.stack([crop.points(np.concatenate([d.ibug68, d.iris])) for d in found])
@@ -214,14 +215,15 @@ def analysis(subject: Path, size: int) -> None:
     gt_t = torch.from_numpy(gt).float()
     t0 = time.monotonic()
     fit = fit_flame_to_landmarks(flame, gt_t[:, :68], (size, size), 3.0 * size, iris_px=gt_t[:, 68:],
-                                 config=LandmarkFitConfig(landmark_weight=1.0))  # fmt: skip
+                                 config=LandmarkFitConfig(landmark_weight=1.0), principal=principal)  # fmt: skip
     print(f"  fit on the ground-truth landmarks: reprojection {fit.error_px.mean():.2f} px @{size}, "
           f"{time.monotonic() - t0:.1f} s for {len(gt)} frames")  # fmt: skip
     det = torch.from_numpy(mapped).float()
     dense = torch.from_numpy(np.stack([crop.points(d.mesh[emb.indices]) for d in found])).float()
     for name, kw in VARIANTS.items():
         fit = fit_flame_to_landmarks(flame, det[:, :68], (size, size), 3.0 * size, iris_px=det[:, 68:],
-                                     config=LandmarkFitConfig(**kw), dense_px=dense, dense_embedding=emb)  # fmt: skip
+                                     config=LandmarkFitConfig(**kw), dense_px=dense, dense_embedding=emb,
+                                     principal=principal)  # fmt: skip
         lm = (np.linalg.norm(fit.landmarks_px.numpy() - gt[:, :68], axis=-1) * 512.0 / size).mean()
         expr = np.abs(fit.expression[:, :10].numpy() - np.array([f["expression"][:10] for f in truth])).mean()
         jaw = np.degrees(np.abs(fit.pose[:, 6].numpy() - np.array([f["pose"][6] for f in truth]))).mean()

@@ -110,10 +110,11 @@ class Track:
 
         # Pass 1: landmarks only (the frames are not kept).
         detector = MediapipeDetector()
-        detections = []
+        detections, frame_size = [], None
         with _progress() as bar:
             task = bar.add_task("landmarks", total=reader.count_hint)
             for rgb in reader.frames():
+                frame_size = frame_size or (rgb.shape[1], rgb.shape[0])
                 detections.append(detector(rgb))
                 bar.advance(task)
         detector.close()
@@ -124,6 +125,9 @@ class Track:
             raise DataError(f"{self.source}: mediapipe found no face in any of the {count} frames")
         several = [i for i, d in enumerate(detections) if d is not None and d.faces_found > 1]
         crop = face_crop([d.mesh for d in detections if d is not None], self.size, self.margin)
+        # The camera's principal point: the source frame's centre (a phone's or webcam's optical axis), which
+        # the face crop moves off the crop's centre.
+        principal = tuple(float(v) for v in crop.points(np.array([[frame_size[0] / 2, frame_size[1] / 2]]))[0])
         mesh = [crop.points(d.mesh) if d is not None else None for d in detections]
         nan = np.full((478, 2), np.nan)
         ibug = np.stack([crop.points(d.ibug68) if d is not None else nan[:68] for d in detections])
@@ -173,7 +177,7 @@ class Track:
                     iris_px=torch.from_numpy(iris).float() if flame.has_iris else None, config=cfg,
                     progress=lambda done, total, loss: bar.update(task, completed=done),
                     dense_px=None if dense is None else torch.from_numpy(dense).float(), dense_embedding=embedding,
-                    photometric=photometric,
+                    photometric=photometric, principal=principal,
                 )  # fmt: skip
 
             detected = [np.concatenate([ibug[i], iris[i]]) if detections[i] is not None else None for i in range(count)]
@@ -195,7 +199,7 @@ class Track:
                 "frames_without_face": missing, "frames_with_several_faces": several,
                 "landmark_error_px": errors,
                 "mean_landmark_error_px": float(np.nanmean(fit.error_px.numpy())),
-                "focal_px": fit.focal, "photometric_steps": self.photometric_steps,
+                "focal_px": fit.focal, "principal_point_px": list(fit.principal), "photometric_steps": self.photometric_steps,
                 "seconds": round(time.monotonic() - started, 1),
                 "note": ("landmark errors: the fitted FLAME's 68 iBUG landmarks against mediapipe's points mapped to "
                          "them; frames without a face are bridged by the fit's smoothness between their neighbours; "
@@ -281,7 +285,7 @@ def _overlays(flame, fit, folders, ibug, bar, task, chunk: int = 32):
         for j, i in enumerate(range(start, stop)):
             folder, k = folders[i]
             rgb = cv2.imread(str(folder / "image" / f"{k}.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
-            yield mesh_overlay(rgb, verts[j], faces, fit.focal, ibug[i], fit.landmarks_px[i].numpy())
+            yield mesh_overlay(rgb, verts[j], faces, fit.focal, ibug[i], fit.landmarks_px[i].numpy(), fit.principal)
             bar.advance(task)
 
 

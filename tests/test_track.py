@@ -339,6 +339,9 @@ def test_hs_track_writes_an_imavatar_subject_the_dataparser_reads(synthetic_vide
     assert "procedural FLAME-format model (a stand-in, not FLAME" in text and "6 train + 2 test frames" in text
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 8 and report["frames_without_face"] == [] and report["photometric_steps"] == 20
+    c = report["crop"]  # the principal point: the 320 px source frame's centre, moved by the crop
+    centre = [(160 - c["x0"]) * c["size"] / c["side"], (160 - c["y0"]) * c["size"] / c["side"]]
+    assert np.allclose(report["principal_point_px"], centre, atol=1e-3) and not np.allclose(centre, 128, atol=0.5)
     assert "mediapipe face-mesh points through their mesh embedding (headstudio's calibrated one)" in report["landmarks_fitted"]
     assert report["mean_dense_error_px"] < 4.0, report["mean_dense_error_px"]  # against mediapipe's points, at 256 px
     assert (out / "flame" / "generic_model.pkl").exists() and (out / "flame" / "mediapipe_landmark_embedding.npz").exists()

@@ -90,6 +90,8 @@ class LandmarkFit:
     """World units (FLAME x WORLD_SCALE): the head's position in the camera's (OpenGL) frame."""
     focal: float
     """Pixels."""
+    principal: tuple[float, float]
+    """The principal point the fit used (pixels)."""
     landmarks_px: Float[Tensor, "T 68 2"]
     """The fitted FLAME landmarks, projected (our pixel convention: centres at +0.5)."""
     iris_px: Optional[Float[Tensor, "T 2 2"]]
@@ -158,27 +160,30 @@ class LandmarkFlame(torch.nn.Module):
         return landmarks, iris, dense
 
 
-def project(points: Float[Tensor, "*B N 3"], focal: Tensor, size: tuple[int, int]) -> Float[Tensor, "*B N 2"]:
-    """Pixels (x right, y down) of camera-space points under an OpenGL pinhole at the origin."""
-    w, h = size
+def project(
+    points: Float[Tensor, "*B N 3"], focal: Tensor, size: tuple[int, int], principal: Optional[tuple[float, float]] = None
+) -> Float[Tensor, "*B N 2"]:
+    """Pixels (x right, y down) of camera-space points under an OpenGL pinhole at the origin; the principal
+    point (pixels) defaults to the image centre."""
+    cx, cy = principal if principal is not None else (size[0] / 2, size[1] / 2)
     z = (-points[..., 2]).clamp_min(1e-6)
-    return torch.stack([w / 2 + focal * points[..., 0] / z, h / 2 - focal * points[..., 1] / z], dim=-1)
+    return torch.stack([cx + focal * points[..., 0] / z, cy - focal * points[..., 1] / z], dim=-1)
 
 
 def initial_translation(
     landmarks_px: Float[Tensor, "T 68 2"], valid: Float[Tensor, "T 68"], model_landmarks: Float[Tensor, "68 3"],
-    focal: float, size: tuple[int, int],
+    focal: float, size: tuple[int, int], principal: Optional[tuple[float, float]] = None,
 ) -> Float[Tensor, "T 3"]:  # fmt: skip
     """Depth from the landmarks' spread against the neutral model's, x and y from their centre."""
-    w, h = size
+    cx, cy = principal if principal is not None else (size[0] / 2, size[1] / 2)
     weight = valid[..., None]
     centre = (landmarks_px * weight).sum(1) / weight.sum(1).clamp_min(1)
     spread = (((landmarks_px - centre[:, None]) ** 2).sum(-1) * valid).sum(1) / valid.sum(1).clamp_min(1)
     m = model_landmarks[:, :2] * WORLD_SCALE
     model_spread = ((m - m.mean(0)) ** 2).sum(-1).mean()
     depth = focal * (model_spread / spread.clamp_min(1e-6)).sqrt()
-    x = (centre[:, 0] - w / 2) * depth / focal
-    y = -(centre[:, 1] - h / 2) * depth / focal
+    x = (centre[:, 0] - cx) * depth / focal
+    y = -(centre[:, 1] - cy) * depth / focal
     t = torch.stack([x, y, -depth], dim=-1)
     seen = valid.sum(1) >= 3
     if not bool(seen.any()):
@@ -204,6 +209,7 @@ def fit_flame_to_landmarks(
     dense_px: Optional[Float[Tensor, "T K 2"]] = None,
     dense_embedding: Optional["MediapipeEmbedding"] = None,
     photometric: Optional["PhotometricTarget"] = None,
+    principal: Optional[tuple[float, float]] = None,
 ) -> LandmarkFit:
     """Fit one shape and focal and per-frame expression, pose and translation to 2-D landmarks.
 
@@ -211,7 +217,8 @@ def fit_flame_to_landmarks(
     order, fitted to their embedded mesh points (the dense term). NaN landmarks (a frame without a face, a
     point not detected) are left out of the loss; such frames are held by the smoothness term between
     their neighbours. ``photometric`` (with ``config.photometric_steps``): the crops for the photometric
-    refinement (:mod:`headstudio.track.photometric`)."""
+    refinement (:mod:`headstudio.track.photometric`). ``principal``: the camera's principal point in pixels
+    (default: the image centre; hs-track passes the source frame's centre, which its face crop moves)."""
     if landmarks_px.dim() != 3 or tuple(landmarks_px.shape[1:]) != (68, 2):
         raise ValueError(f"landmarks must be (frames, 68, 2) iBUG-68 pixels, got {tuple(landmarks_px.shape)}")
     device, dtype = flame.v_template.device, flame.v_template.dtype
@@ -237,7 +244,7 @@ def fit_flame_to_landmarks(
 
     with torch.no_grad():
         neutral = flame()
-        t0 = initial_translation(lm, valid, neutral.landmarks[0], focal, size)
+        t0 = initial_translation(lm, valid, neutral.landmarks[0], focal, size, principal)
     dense_faces = torch.as_tensor(dense_embedding.faces if use_dense else np.zeros(0), dtype=torch.long, device=device)
     dense_bary = torch.as_tensor(dense_embedding.bary if use_dense else np.zeros((0, 3))).to(device, dtype)
     num_dense = len(dense_faces)
@@ -251,9 +258,11 @@ def fit_flame_to_landmarks(
     def evaluate():
         landmarks, iris_points, dense_points = sparse(shape, expression, pose)
         f = log_focal.exp()
-        pred = project(landmarks * WORLD_SCALE + translation[:, None], f, size)
-        pred_iris = project(iris_points * WORLD_SCALE + translation[:, None], f, size) if use_iris else None
-        pred_dense = project(dense_points * WORLD_SCALE + translation[:, None], f, size) if dense_points is not None else None
+        pred = project(landmarks * WORLD_SCALE + translation[:, None], f, size, principal)
+        pred_iris = project(iris_points * WORLD_SCALE + translation[:, None], f, size, principal) if use_iris else None
+        pred_dense = None
+        if dense_points is not None:
+            pred_dense = project(dense_points * WORLD_SCALE + translation[:, None], f, size, principal)
         extra = None  # the photometric stage's vertices, after the embedded points
         if pred_dense is not None and pred_dense.shape[1] > num_dense:
             pred_dense, extra = pred_dense[:, :num_dense], pred_dense[:, num_dense:]
@@ -309,7 +318,7 @@ def fit_flame_to_landmarks(
 
         everything = torch.arange(flame.num_vertices, device=device)
         focal_now = float(log_focal.detach().exp())
-        seen_all = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, everything)
+        seen_all = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, everything, principal)
         candidates = everything[seen_all.float().mean(0) >= 0.3]
         face_of, corner = P.vertex_faces(flame.faces, flame.num_vertices)
         sparse = LandmarkFlame(flame, torch.cat([dense_faces, face_of[candidates]]),
@@ -319,7 +328,7 @@ def fit_flame_to_landmarks(
         optimizer = torch.optim.Adam([shape, expression, pose, translation], lr=config.photometric_lr)
         for step in range(config.photometric_steps):
             if step == config.photometric_steps // 2 and step > 0:
-                seen = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, candidates)
+                seen = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, candidates, principal)
             optimizer.zero_grad()
             _, _, _, points = evaluate()
             samples = P.sample_colours(photometric.images, points, photometric.crop_size)
@@ -347,6 +356,7 @@ def fit_flame_to_landmarks(
     full_shape[: config.num_shape] = shape.detach()
     return LandmarkFit(
         shape=full_shape, expression=expression.detach(), pose=pose.detach(), translation=translation.detach(),
-        focal=float(log_focal.detach().exp()), landmarks_px=pred, iris_px=pred_iris, error_px=error, history=history,
+        focal=float(log_focal.detach().exp()), principal=principal if principal is not None else (size[0] / 2, size[1] / 2),
+        landmarks_px=pred, iris_px=pred_iris, error_px=error, history=history,
         dense_px=pred_dense, dense_error_px=dense_error,
     )  # fmt: skip

@@ -41,10 +41,10 @@ def write_flame_params(
             points = np.concatenate([points, fit.iris_px[i].double().numpy()])
         box = detected[i] if detected[i] is not None else points
         frames.append(imavatar_frame(str(k), w2c, fit.expression[i].numpy(), fit.pose[i].numpy(), points, box, (size, size)))
-    c = size / 2  # the principal point: the crop's centre
+    cx, cy = fit.principal  # the source frame's centre, in the crop
     doc = {
         "shape_params": np.round(fit.shape.double().numpy(), 6).tolist(),
-        "intrinsics": imavatar_intrinsics(fit.focal, fit.focal, c, c, (size, size)),
+        "intrinsics": imavatar_intrinsics(fit.focal, fit.focal, cx, cy, (size, size)),
         "frames": frames,
     }
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@ detected (green) and fitted (red) iBUG landmarks."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import cv2
 import numpy as np
 import torch
@@ -15,14 +17,15 @@ from headstudio.ops.mesh import vertex_normals
 
 def mesh_overlay(
     rgb: np.ndarray, vertices_gl: Float[Tensor, "V 3"], faces: Int[Tensor, "F 3"], focal: float,
-    detected: np.ndarray, fitted: np.ndarray, alpha: float = 0.45,
+    detected: np.ndarray, fitted: np.ndarray, principal: Optional[tuple[float, float]] = None, alpha: float = 0.4,
 ) -> np.ndarray:  # fmt: skip
     """One overlay frame. ``vertices_gl``: the posed mesh in the camera's OpenGL frame (camera at the origin
-    looking along -z, principal point at the image centre, ``focal`` in pixels); ``detected`` / ``fitted``:
-    (N, 2) pixels (NaN rows are skipped)."""
+    looking along -z; ``focal`` and ``principal`` in pixels, the principal point by default at the image
+    centre); ``detected`` / ``fitted``: (N, 2) pixels (NaN rows are skipped)."""
     h, w = rgb.shape[:2]
+    cx, cy = principal if principal is not None else (w / 2, h / 2)
     pts = vertices_gl.float() * torch.tensor([1.0, -1.0, -1.0])  # OpenGL -> OpenCV camera axes
-    K = torch.tensor([[focal, 0.0, w / 2], [0.0, focal, h / 2], [0.0, 0.0, 1.0]])
+    K = torch.tensor([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
     frags = rasterize(pts, faces, K, h, w)
     normals = interpolate(vertex_normals(pts, faces), faces, frags)
     shade = (0.25 + 0.75 * normals[..., 2].abs()).clamp(0, 1).numpy()

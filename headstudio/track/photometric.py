@@ -14,6 +14,7 @@ face region.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -75,13 +76,16 @@ def sample_colours(
 
 def visible_vertices(
     verts_gl: Float[Tensor, "T V 3"], faces: Int[Tensor, "F 3"], focal: float, crop_size: int,
-    target: PhotometricTarget, candidates: Int[Tensor, "N"], min_facing: float = 0.3,
+    target: PhotometricTarget, candidates: Int[Tensor, "N"], principal: Optional[tuple[float, float]] = None,
+    min_facing: float = 0.3,
 ) -> Bool[Tensor, "T N"]:  # fmt: skip
     """Which candidate vertices each frame sees (see the module docstring); ``verts_gl`` in the camera's
-    OpenGL frame (camera at the origin looking along -z)."""
+    OpenGL frame (camera at the origin looking along -z), ``focal`` and ``principal`` in crop pixels
+    (default principal point: the crop's centre)."""
     t_count, _, h, w = target.images.shape
     scale = h / crop_size
-    K = torch.tensor([[focal * scale, 0.0, w / 2], [0.0, focal * scale, h / 2], [0.0, 0.0, 1.0]])
+    cx, cy = principal if principal is not None else (crop_size / 2, crop_size / 2)
+    K = torch.tensor([[focal * scale, 0.0, cx * scale], [0.0, focal * scale, cy * scale], [0.0, 0.0, 1.0]])
     seen = torch.zeros(t_count, len(candidates), dtype=torch.bool)
     for t in range(t_count):
         pts = verts_gl[t].float() * torch.tensor([1.0, -1.0, -1.0])  # OpenCV camera axes
