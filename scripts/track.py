@@ -1,6 +1,6 @@
 """hs-track: a person's own video (or folder of frames) to a FLAME-tracked subject in the IMavatar layout, offline.
 
-    hs-track VIDEO_OR_FRAME_FOLDER OUT [--flame-path generic_model.pkl] [--size 512] [--fps 25]
+    hs-track VIDEO_OR_FRAME_FOLDER OUT [--flame-path generic_model.pkl] [--size 512] [--fps 25] [--photometric-steps 100]
 
 Steps: the frames; mediapipe's face mesh on each (the largest face; its models are in its wheel); one square
 crop around the face for the clip, resized to --size; the foreground (selfie segmentation joined with the
@@ -145,9 +145,11 @@ class Track:
             photo_crops, photo_regions = [], []
             with _progress() as bar:
                 task = bar.add_task("crops + masks", total=count)
+                written = 0
                 for i, rgb in enumerate(reader.frames()):
                     if i >= count:
                         break
+                    written += 1
                     img = crop.apply(rgb)
                     fg = segment(img, mesh[i])
                     face = face_region(mesh[i], img.shape[:2]) if mesh[i] is not None else np.zeros(img.shape[:2], bool)
@@ -159,6 +161,9 @@ class Track:
                                                         interpolation=cv2.INTER_NEAREST) > 0)  # fmt: skip
                     bar.advance(task)
             segment.close()
+            if written != count:
+                raise DataError(f"{self.source}: the second read gave {written} frames, the first {count}; "
+                                "is the file being written to?")  # fmt: skip
 
             cfg = LandmarkFitConfig(rigid_steps=self.rigid_steps, full_steps=self.full_steps,
                                     landmark_weight=1.0 if embedding is None else self.landmark_weight_with_dense,

@@ -366,6 +366,12 @@ def test_hs_track_writes_an_imavatar_subject_the_dataparser_reads(synthetic_vide
     seq = json.loads((out / "me" / "train" / "flame_params.json").read_text())
     assert len(seq["frames"]) == 6 and len(seq["frames"][0]["flame_keypoints"]) == 70
     assert len(seq["shape_params"]) == 100 and len(seq["frames"][0]["expression"]) == 50
+    from tests.conftest import ns_train_args, ns_train_in_process
+
+    # ... and tensorf-local-deform trains on it (flame-video-data finds the model in me/flame/)
+    res = ns_train_in_process(*ns_train_args("tensorf-local-deform", out, tmp_path / "runs", ["--max-num-iterations", "3"]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((tmp_path / "runs").rglob("step-*.ckpt"))) == 1
 
 
 @pytest.mark.e2e

@@ -268,8 +268,8 @@ def fit_flame_to_landmarks(
             pred_dense, extra = pred_dense[:, :num_dense], pred_dense[:, num_dense:]
         return pred, pred_iris, pred_dense if use_dense else None, extra
 
-    def loss_fn():
-        pred, pred_iris, pred_dense, _ = evaluate()
+    def loss_fn(outputs=None):
+        pred, pred_iris, pred_dense, _ = outputs if outputs is not None else evaluate()
         err = (((pred - lm) * scale) ** 2).sum(-1) * valid * weights
         loss = config.landmark_weight * err.sum() / (valid * weights).sum().clamp_min(1)
         if use_dense:
@@ -330,11 +330,11 @@ def fit_flame_to_landmarks(
             if step == config.photometric_steps // 2 and step > 0:
                 seen = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, candidates, principal)
             optimizer.zero_grad()
-            _, _, _, points = evaluate()
-            samples = P.sample_colours(photometric.images, points, photometric.crop_size)
+            outputs = evaluate()
+            samples = P.sample_colours(photometric.images, outputs[3], photometric.crop_size)
             if reference is None or step % config.photometric_refresh == 0:
                 reference = P.reference_colours(samples.detach(), seen)
-            loss = loss_fn() + config.photometric_weight * P.photometric_loss(samples, reference, seen)
+            loss = loss_fn(outputs) + config.photometric_weight * P.photometric_loss(samples, reference, seen)
             loss.backward()
             optimizer.step()
             done += 1
