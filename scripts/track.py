@@ -104,7 +104,7 @@ class Track:
         reader = ClipReader(self.source, fps=self.fps, max_frames=self.max_frames)
         if reader.count_hint is not None:
             _split(reader.count_hint, self.test_fraction, self.source)
-        flame, flame_note, embedding, embedding_note = _flame(self.flame_path, self.mediapipe_embedding)
+        flame, flame_note, procedural, embedding, embedding_note = _flame(self.flame_path, self.mediapipe_embedding)
         console.print(f"{reader.source}: {reader.count_hint or 'unknown number of'} frames at {reader.fps:g} fps; "
                       f"{flame_note}; {embedding_note}", soft_wrap=True)  # fmt: skip
 
@@ -188,7 +188,7 @@ class Track:
             detected = [np.concatenate([ibug[i], iris[i]]) if detections[i] is not None else None for i in range(count)]
             write_flame_params(inner / "train", list(range(split)), fit, detected, self.size)
             write_flame_params(inner / "test", list(range(split, count)), fit, detected, self.size)
-            if self.flame_path is None and not os.environ.get(FLAME_ENV):
+            if procedural:
                 from headstudio.flame.procedural import write_procedural_flame
 
                 write_procedural_flame(tmp / "flame" / "generic_model.pkl", seed=0)
@@ -237,7 +237,8 @@ def _split(count: int, test_fraction: float, source: Path) -> tuple[int, int]:
 
 
 def _flame(path: Optional[Path], embedding_path: Optional[Path]):
-    """(model, what it is, mediapipe embedding or None, which landmarks the fit uses)."""
+    """(model, what it is, whether it is headstudio's procedural stand-in, mediapipe embedding or None, which
+    landmarks the fit uses)."""
     from headstudio.flame.constants import MEDIAPIPE_EMBEDDING_FILENAME
     from headstudio.flame.model import FlameModel
     from headstudio.flame.procedural import write_procedural_flame
@@ -271,7 +272,7 @@ def _flame(path: Optional[Path], embedding_path: Optional[Path]):
     else:
         shown = "headstudio's calibrated one" if procedural and embedding_path is None else str(source)
         what = f"landmarks: {len(embedding)} mediapipe face-mesh points through their mesh embedding ({shown})"
-    return model, note, embedding, what
+    return model, note, procedural, embedding, what
 
 
 def _overlays(flame, fit, folders, ibug, bar, task, chunk: int = 32):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import tyro
 
+from headstudio.flame.model import faces_points
 from headstudio.track.mediapipe_embedding import MediapipeEmbedding, save_mediapipe_embedding
 
 CALIBRATION_SEEDS = (101, 102, 103, 104, 105, 106)
@@ -53,7 +54,7 @@ def observed_template_points(
     ok[ok.clone()] = allowed[f[ok]]
     idx, f = idx[ok.numpy()], f[ok]
     b = bary[rows[idx], cols[idx]]
-    out[idx] = (template[faces[f]] * b[..., None]).sum(-2).double().numpy()
+    out[idx] = faces_points(template[None], faces, f, b)[0].double().numpy()
     return out
 
 
@@ -147,7 +148,6 @@ def embedding_residuals(embedding: MediapipeEmbedding, seed: int, frames: int, s
     """(frames, K) pixel distances between mediapipe's points and their embedded points on the true mesh,
     projected, on renders of seed ``seed`` (NaN where no face was found): how well the embedding holds on
     an identity it was not calibrated on."""
-    from headstudio.flame.model import faces_points
     from headstudio.flame.procedural import build_template
 
     faces = torch.as_tensor(build_template().faces, dtype=torch.long)

@@ -51,9 +51,9 @@ class LandmarkFitConfig:
     """Weight of ||shape||^2 (unit-variance coefficients) against the mean squared landmark error in pixels
     of a 512-px image."""
     expression_prior: float = 1.0
-    """Weight of ||expression||^2 (unit-variance coefficients). Measured on the dense fit (``bench/track.py``,
-    seed 0): 1e-4 left the expression error at 0.27 with landmarks at 2.69 px; 1 gives 0.18 and 2.51 px
-    (the detector's errors no longer bend the expressions as much)."""
+    """Weight of ||expression||^2 (unit-variance coefficients). Measured on the dense fit (``bench/track.py``
+    prints both, seed 0): 1e-4 left the expression error at 0.27 with landmarks at 2.70 px; 1 gives 0.18 and
+    2.51 px (the detector's errors no longer bend the expressions as much)."""
     joint_prior: float = 1.0
     """Weight of ||neck||^2 + ||jaw yaw, roll||^2 + ||eyes||^2 (radians): the head's motion belongs in the
     global rotation, the jaw mostly opens."""
@@ -168,6 +168,16 @@ def project(
     cx, cy = principal if principal is not None else (size[0] / 2, size[1] / 2)
     z = (-points[..., 2]).clamp_min(1e-6)
     return torch.stack([cx + focal * points[..., 0] / z, cy - focal * points[..., 1] / z], dim=-1)
+
+
+def opencv_camera(
+    vertices_gl: Float[Tensor, "*B V 3"], focal: float, principal: tuple[float, float], scale: float = 1.0
+) -> tuple[Float[Tensor, "*B V 3"], Float[Tensor, "3 3"]]:
+    """The fit's camera (OpenGL at the origin) as the rasterizer takes it: the vertices in OpenCV camera axes
+    and the intrinsics, for an image ``scale`` times the size the focal and principal point are in."""
+    cx, cy = principal
+    K = torch.tensor([[focal * scale, 0.0, cx * scale], [0.0, focal * scale, cy * scale], [0.0, 0.0, 1.0]])
+    return vertices_gl.float() * torch.tensor([1.0, -1.0, -1.0]), K
 
 
 def initial_translation(

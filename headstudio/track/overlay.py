@@ -13,6 +13,7 @@ from torch import Tensor
 
 from headstudio.data.raster import interpolate, rasterize
 from headstudio.ops.mesh import vertex_normals
+from headstudio.track.fit import opencv_camera
 
 
 def mesh_overlay(
@@ -23,9 +24,7 @@ def mesh_overlay(
     looking along -z; ``focal`` and ``principal`` in pixels, the principal point by default at the image
     centre); ``detected`` / ``fitted``: (N, 2) pixels (NaN rows are skipped)."""
     h, w = rgb.shape[:2]
-    cx, cy = principal if principal is not None else (w / 2, h / 2)
-    pts = vertices_gl.float() * torch.tensor([1.0, -1.0, -1.0])  # OpenGL -> OpenCV camera axes
-    K = torch.tensor([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
+    pts, K = opencv_camera(vertices_gl, focal, principal if principal is not None else (w / 2, h / 2))
     frags = rasterize(pts, faces, K, h, w)
     normals = interpolate(vertex_normals(pts, faces), faces, frags)
     shade = (0.25 + 0.75 * normals[..., 2].abs()).clamp(0, 1).numpy()

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from headstudio.data.raster import rasterize
 from headstudio.ops.mesh import vertex_normals
+from headstudio.track.fit import opencv_camera
 
 
 @dataclass
@@ -83,12 +84,10 @@ def visible_vertices(
     OpenGL frame (camera at the origin looking along -z), ``focal`` and ``principal`` in crop pixels
     (default principal point: the crop's centre)."""
     t_count, _, h, w = target.images.shape
-    scale = h / crop_size
-    cx, cy = principal if principal is not None else (crop_size / 2, crop_size / 2)
-    K = torch.tensor([[focal * scale, 0.0, cx * scale], [0.0, focal * scale, cy * scale], [0.0, 0.0, 1.0]])
+    principal = principal if principal is not None else (crop_size / 2, crop_size / 2)
     seen = torch.zeros(t_count, len(candidates), dtype=torch.bool)
     for t in range(t_count):
-        pts = verts_gl[t].float() * torch.tensor([1.0, -1.0, -1.0])  # OpenCV camera axes
+        pts, K = opencv_camera(verts_gl[t], focal, principal, scale=h / crop_size)
         frags = rasterize(pts, faces, K, h, w)
         normals = vertex_normals(pts, faces)[candidates]
         p = pts[candidates]
