@@ -7,7 +7,9 @@ at ``--size`` px; mediapipe's face mesh on each frame; under each detected point
 (the rasterizer's face and barycentric coordinates), carried to the neutral template. Per point: the
 robust centre of those template positions over all frames, snapped to the skin; its spread gives the
 weight (:mod:`headstudio.track.mediapipe_embedding`). Points seen on the skin in fewer than
-``--min-hit`` of the frames are left out.
+``--min-hit`` of the frames are left out. Then the detector bias: each detected point's image offset from
+its embedded point on the true mesh, in FLAME units at the head, ridge-regressed on the frame's true pose
+and expression features (``bias_coefficients``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import numpy as np
 import torch
 import tyro
 
+from headstudio.flame.constants import WORLD_SCALE
 from headstudio.flame.model import faces_points
-from headstudio.track.mediapipe_embedding import MediapipeEmbedding, save_mediapipe_embedding
+from headstudio.track.mediapipe_embedding import (
+    MediapipeEmbedding, bias_features, fit_detector_bias, save_mediapipe_embedding,
+)  # fmt: skip
 
-CALIBRATION_SEEDS = (101, 102, 103, 104, 105, 106)
+CALIBRATION_SEEDS = tuple(range(101, 119))
 """Identities the shipped embedding is calibrated on; the benches' subjects (seeds 0-20) are not among them."""
 
 FACE_MESH_POINTS = 468
@@ -71,7 +76,7 @@ def robust_centre(samples: np.ndarray) -> tuple[np.ndarray, float]:
 def rendered_detections(seed: int, frames: int, size: int = 512) -> Iterator[tuple]:
     """``frames`` renders of seed ``seed``'s procedural subject (its identity, look and training motion, seen
     by hs-synth's default camera) and mediapipe's detection in each: (rendered Frame, posed vertices in
-    world units, camera, FaceLandmarks or None) per frame."""
+    world units, camera, FaceLandmarks or None, FLAME pose (15,), expression (E,)) per frame."""
     import tempfile
 
     from headstudio.data.synth.render import HeadRenderer, PinholeCamera
@@ -99,19 +104,21 @@ def rendered_detections(seed: int, frames: int, size: int = 512) -> Iterator[tup
         for k in range(frames):
             frame = renderer.render(track.vertices[k])
             rgb = (frame.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-            yield frame, track.vertices[k], camera, detector(rgb)
+            yield frame, track.vertices[k], camera, detector(rgb), seq.pose[k], seq.expression[k]
     finally:
         detector.close()
 
 
 def calibrate(
-    seeds: Sequence[int] = CALIBRATION_SEEDS, frames: int = 40, size: int = 512, min_hit: float = 0.5,
+    seeds: Sequence[int] = CALIBRATION_SEEDS, frames: int = 60, size: int = 512, min_hit: float = 0.5,
     spread_scale_m: float = 0.0015, progress: Optional[Callable[[int, int], None]] = None,
+    bias_num_expression: int = 30, bias_ridge: float = 3.0,
 ) -> tuple[MediapipeEmbedding, CalibrationStats]:  # fmt: skip
     """The embedding from ``frames`` renders of each seed's subject (see the module docstring).
 
     ``spread_scale_m``: a point whose spread is this (about 2 px at 512 px from hs-synth's camera) gets
-    weight 1/2 (weight = 1 / (1 + (spread / scale)^2))."""
+    weight 1/2 (weight = 1 / (1 + (spread / scale)^2)). ``bias_num_expression``: expression coefficients
+    among the detector-bias features; ``bias_ridge``: its ridge weight (-1: no bias model)."""
     from headstudio.flame.procedural import EAR_L, EAR_R, SKIN, build_template
     from headstudio.ops.mesh import closest_points_on_mesh
 
@@ -120,13 +127,15 @@ def calibrate(
     canon = torch.as_tensor(template.vertices, dtype=torch.float32)
     allowed = torch.as_tensor(np.isin(template.face_part, [SKIN, EAR_L, EAR_R]))
     samples = [[] for _ in range(FACE_MESH_POINTS)]
+    seen = []  # (detected points, posed vertices, camera, pose, expression) for the bias model
     total, done = len(seeds) * frames, 0
     for seed in seeds:
-        for frame, _, _, found in rendered_detections(seed, frames, size):
+        for frame, verts, camera, found, pose, expression in rendered_detections(seed, frames, size):
             if found is not None:
                 pts = observed_template_points(frame.face_id, frame.bary, canon, faces, allowed, found.mesh[:FACE_MESH_POINTS])
                 for i in np.nonzero(np.isfinite(pts).all(-1))[0]:
                     samples[i].append(pts[i])
+                seen.append((found.mesh[:FACE_MESH_POINTS], verts, camera, pose, expression))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -141,23 +150,50 @@ def calibrate(
     weights = 1.0 / (1.0 + (spreads[keep] / spread_scale_m) ** 2)
     embedding = MediapipeEmbedding(indices=keep.astype(np.int64), faces=skin[face].numpy().astype(np.int64),
                                    bary=bary.numpy(), weights=weights)  # fmt: skip
+    if bias_ridge >= 0 and seen:
+        residuals, features = detector_residuals(embedding, faces, seen), []
+        for _, _, _, pose, expression in seen:
+            features.append(bias_features(torch.as_tensor(pose[None]).double(), torch.as_tensor(expression[None]).double(),
+                                          bias_num_expression)[0].numpy())  # fmt: skip
+        embedding.bias = fit_detector_bias(residuals, np.stack(features), bias_ridge)
+        embedding.bias_num_expression = bias_num_expression
     return embedding, CalibrationStats(hits=hits, spread_m=spreads, frames=total)
 
 
-def embedding_residuals(embedding: MediapipeEmbedding, seed: int, frames: int, size: int = 512) -> np.ndarray:
+def detector_residuals(embedding: MediapipeEmbedding, faces: torch.Tensor, seen: Sequence[tuple]) -> np.ndarray:
+    """(T, K, 2) detected minus embedded points, projected, in FLAME units at the head (x right, y down)."""
+    out = []
+    for points, verts, camera, _, _ in seen:
+        at = faces_points(verts[None].double(), faces, torch.as_tensor(embedding.faces), torch.as_tensor(embedding.bary))[0]
+        per_unit = camera.K[0, 0] * WORLD_SCALE / float(camera.t[2])  # pixels per FLAME unit at the head's origin
+        out.append((points[embedding.indices] - camera.project(at).numpy()) / per_unit)
+    return np.stack(out)
+
+
+def embedding_residuals(embedding: MediapipeEmbedding, seed: int, frames: int, size: int = 512,
+                        with_bias: bool = True) -> np.ndarray:  # fmt: skip
     """(frames, K) pixel distances between mediapipe's points and their embedded points on the true mesh,
-    projected, on renders of seed ``seed`` (NaN where no face was found): how well the embedding holds on
-    an identity it was not calibrated on."""
+    projected (moved by the embedding's detector-bias model at the true pose, where it has one and
+    ``with_bias``), on renders of seed ``seed`` (NaN where no face was found): how well the embedding holds
+    on an identity it was not calibrated on."""
     from headstudio.flame.procedural import build_template
 
     faces = torch.as_tensor(build_template().faces, dtype=torch.long)
-    out = np.full((frames, len(embedding)), np.nan)
-    for k, (_, verts, camera, found) in enumerate(rendered_detections(seed, frames, size)):
-        if found is None:
-            continue
-        pts = faces_points(verts[None].double(), faces, torch.as_tensor(embedding.faces), torch.as_tensor(embedding.bary))[0]
-        out[k] = np.linalg.norm(camera.project(pts).numpy() - found.mesh[embedding.indices], axis=-1)
-    return out
+    seen, rows = [], []
+    for k, (_, verts, camera, found, pose, expression) in enumerate(rendered_detections(seed, frames, size)):
+        if found is not None:
+            seen.append((found.mesh[:FACE_MESH_POINTS], verts, camera, pose, expression))
+            rows.append(k)
+    out = np.full((frames, len(embedding), 2), np.nan)
+    if seen:
+        out[rows] = detector_residuals(embedding, faces, seen)
+        if with_bias and embedding.bias is not None:
+            features = bias_features(torch.as_tensor(np.stack([s[3] for s in seen])).double(),
+                                     torch.as_tensor(np.stack([s[4] for s in seen])).double(), embedding.bias_num_expression)  # fmt: skip
+            out[rows] -= np.einsum("tf,fkc->tkc", features.numpy(), embedding.bias)
+    per_unit = np.array([s[2].K[0, 0] * WORLD_SCALE / float(s[2].t[2]) for s in seen] or [np.nan])
+    out[rows] *= per_unit[:, None, None]
+    return np.linalg.norm(out, axis=-1)
 
 
 @dataclass
@@ -167,7 +203,7 @@ class Calibrate:
     output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUT.npz")]
     seeds: tuple[int, ...] = CALIBRATION_SEEDS
     """Identities rendered (keep the benches' subjects out)."""
-    frames: int = 40
+    frames: int = 60
     """Frames of each identity's training motion."""
     size: int = 512
     """Render size in pixels (mediapipe's points are most precise on large faces)."""

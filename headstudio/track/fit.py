@@ -66,6 +66,9 @@ class LandmarkFitConfig:
     dense_weight: float = 1.0
     """Weight of the dense term: mediapipe's face-mesh points against their embedding on the mesh
     (:mod:`headstudio.track.mediapipe_embedding`), each also weighted by the embedding's confidence."""
+    detector_bias: bool = True
+    """Add the embedding's detector-bias offsets (where it has them: the procedural model's calibrated one)
+    to the predicted dense points, as a function of each frame's fitted pose and expression."""
     photometric_steps: int = 0
     """Adam steps of the photometric refinement after the landmark stages (0: none; needs a
     :class:`~headstudio.track.photometric.PhotometricTarget`): the landmark loss plus the texture-constancy
@@ -258,6 +261,11 @@ def fit_flame_to_landmarks(
     dense_faces = torch.as_tensor(dense_embedding.faces if use_dense else np.zeros(0), dtype=torch.long, device=device)
     dense_bary = torch.as_tensor(dense_embedding.bary if use_dense else np.zeros((0, 3))).to(device, dtype)
     num_dense = len(dense_faces)
+    use_bias = use_dense and config.detector_bias and dense_embedding.bias is not None
+    if use_bias:
+        from headstudio.track.mediapipe_embedding import bias_features, detector_offsets
+
+        bias = torch.as_tensor(dense_embedding.bias).to(device, dtype)
     sparse = LandmarkFlame(flame, *((dense_faces, dense_bary) if use_dense else ()))
     shape = torch.zeros(config.num_shape, device=device, dtype=dtype, requires_grad=True)
     expression = torch.zeros(t_count, flame.num_expression, device=device, dtype=dtype, requires_grad=True)
@@ -276,6 +284,10 @@ def fit_flame_to_landmarks(
         extra = None  # the photometric stage's vertices, after the embedded points
         if pred_dense is not None and pred_dense.shape[1] > num_dense:
             pred_dense, extra = pred_dense[:, :num_dense], pred_dense[:, num_dense:]
+        if use_bias:  # where mediapipe puts the points: the embedded points moved by its calibrated bias
+            offset = detector_offsets(bias, bias_features(pose, expression, dense_embedding.bias_num_expression))
+            pixels = f * WORLD_SCALE / (-translation[:, 2]).clamp_min(1e-6)
+            pred_dense = pred_dense + offset * torch.stack([pixels, pixels], -1)[:, None]
         return pred, pred_iris, pred_dense if use_dense else None, extra
 
     def loss_fn(outputs=None):

@@ -13,6 +13,15 @@ the surface as the face moves (the face oval at the silhouette, inner lips) has 
 gets a low weight. The embedding belongs to the model's topology, not to a subject: the shipped one
 (``headstudio/flame/procedural/mediapipe_landmark_embedding.npz``, written by
 ``python -m headstudio.track.calibrate``) was made from identities the benches do not use.
+
+**Detector bias.** mediapipe's points do not stay on one surface point: as the head turns, the jaw opens
+or the face moves, each drifts in the image in a way that repeats across identities (the calibration's
+residuals are, in large part, a linear function of the pose and expression). A calibrated embedding may
+therefore carry ``bias_coefficients`` (F, K, 2): the image-plane offset (FLAME units at the head, x right,
+y down) of each detected point from its embedded point, linear in :func:`bias_features` of the frame's
+head rotation, jaw and first ``bias_num_expression`` expression coefficients. The fit adds the offset to
+its predicted points (:func:`detector_offsets`), so the mesh is fitted to where mediapipe *would* put the
+points, not to the points themselves. FLAME's own file has no such fields: its offset is zero.
 """
 
 from __future__ import annotations
@@ -20,8 +29,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from headstudio.flame.constants import MEDIAPIPE_EMBEDDING_FILENAME  # noqa: F401  (re-exported)
 from headstudio.flame.files import FlameFileError
@@ -42,9 +55,60 @@ class MediapipeEmbedding:
     """(K, 3) barycentric coordinates in that face."""
     weights: np.ndarray
     """(K,) confidence of each point in (0, 1]."""
+    bias: Optional[np.ndarray] = None
+    """(F, K, 2) the detector-bias model's coefficients (see the module docstring), or None."""
+    bias_num_expression: int = 0
+    """Expression coefficients among the bias features."""
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def num_bias_features(num_expression: int) -> int:
+    """Length of :func:`bias_features`' rows."""
+    return 1 + 3 + 3 + num_expression + 4
+
+
+def bias_features(
+    pose: Float[Tensor, "T 15"], expression: Float[Tensor, "T E"], num_expression: int
+) -> Float[Tensor, "T F"]:
+    """Per frame: 1; the head's rotation (global, then neck) as sin(angle) x axis (smooth at zero, unlike the
+    axis-angle); the jaw's axis-angle; the first ``num_expression`` expression coefficients; and pitch^2,
+    yaw^2, pitch x yaw and |yaw| (smoothed), for the points that slide towards the silhouette."""
+    from headstudio.flame.lbs import axis_angle_to_matrix
+
+    rot = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])
+    r = torch.stack([rot[:, 2, 1] - rot[:, 1, 2], rot[:, 0, 2] - rot[:, 2, 0], rot[:, 1, 0] - rot[:, 0, 1]], -1) / 2
+    pitch, yaw = r[:, 0], r[:, 1]
+    quad = torch.stack([pitch**2, yaw**2, pitch * yaw, torch.sqrt(yaw**2 + 1e-4)], -1)
+    return torch.cat([torch.ones_like(pitch)[:, None], r, pose[:, 6:9], expression[:, :num_expression], quad], -1)
+
+
+def detector_offsets(
+    coefficients: Float[Tensor, "F K 2"], features: Float[Tensor, "T F"]
+) -> Float[Tensor, "T K 2"]:
+    """The bias model's image-plane offsets (FLAME units at the head, x right, y down)."""
+    return torch.einsum("tf,fkc->tkc", features, coefficients)
+
+
+def fit_detector_bias(
+    residuals: Float[np.ndarray, "T K 2"], features: Float[np.ndarray, "T F"], ridge: float = 1.0
+) -> np.ndarray:
+    """(F, K, 2) ridge least squares of per-point residuals (NaN: not seen) on the features; the constant
+    feature is not shrunk."""
+    t, k, _ = residuals.shape
+    penalty = ridge * np.eye(features.shape[1])
+    penalty[0, 0] = 0.0
+    out = np.zeros((features.shape[1], k, 2))
+    seen = np.isfinite(residuals).all(-1)  # T K
+    for pattern in np.unique(seen.T, axis=0):  # points seen in the same frames share one solve
+        cols = np.nonzero((seen.T == pattern).all(1))[0]
+        if pattern.sum() == 0:
+            continue
+        x = features[pattern]
+        y = residuals[pattern][:, cols].reshape(int(pattern.sum()), -1)
+        out[:, cols] = np.linalg.solve(x.T @ x + penalty, x.T @ y).reshape(-1, len(cols), 2)
+    return out
 
 
 def load_mediapipe_embedding(path: os.PathLike | str, num_faces: int | None = None) -> MediapipeEmbedding:
@@ -71,7 +135,16 @@ def load_mediapipe_embedding(path: os.PathLike | str, num_faces: int | None = No
         raise FlameFileError(f"{path}: field 'landmark_indices' must hold mediapipe ids 0..477")
     if num_faces is not None and k and (faces.min() < 0 or faces.max() >= num_faces):
         raise FlameFileError(f"{path}: field 'lmk_face_idx' points past the model's {num_faces} faces")
-    return MediapipeEmbedding(indices, faces, bary, np.clip(weights, 0.0, 1.0))
+    bias, num_expression = None, 0
+    if "bias_coefficients" in data:
+        bias = np.asarray(data["bias_coefficients"], dtype=np.float64)
+        if "bias_num_expression" not in data:
+            raise FlameFileError(f"{path}: field 'bias_num_expression' is missing (bias_coefficients needs it)")
+        num_expression = int(np.asarray(data["bias_num_expression"]).reshape(()))
+        want = (num_bias_features(num_expression), k, 2)
+        if bias.shape != want or not np.isfinite(bias).all():
+            raise FlameFileError(f"{path}: field 'bias_coefficients' must be finite with shape {want}, got {bias.shape}")
+    return MediapipeEmbedding(indices, faces, bary, np.clip(weights, 0.0, 1.0), bias, num_expression)
 
 
 def save_mediapipe_embedding(embedding: MediapipeEmbedding, path: os.PathLike | str) -> None:
@@ -80,6 +153,11 @@ def save_mediapipe_embedding(embedding: MediapipeEmbedding, path: os.PathLike | 
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
+            extra = {}
+            if embedding.bias is not None:
+                extra = dict(bias_coefficients=embedding.bias.astype(np.float64),
+                             bias_num_expression=np.int64(embedding.bias_num_expression))  # fmt: skip
             np.savez(fh, landmark_indices=embedding.indices.astype(np.int64), lmk_face_idx=embedding.faces.astype(np.int64),
-                     lmk_b_coords=embedding.bary.astype(np.float64), weights=embedding.weights.astype(np.float64))  # fmt: skip
+                     lmk_b_coords=embedding.bary.astype(np.float64), weights=embedding.weights.astype(np.float64),
+                     **extra)  # fmt: skip
 
