@@ -6,7 +6,7 @@ Steps: the frames; mediapipe's face mesh on each (the largest face; its models a
 crop around the face for the clip, resized to --size; the foreground (selfie segmentation joined with the
 face hull) and face-region masks; FLAME fitted to all frames at once (headstudio.track.fit) on mediapipe's
 face-mesh points through the model's mediapipe landmark embedding (headstudio.track.mediapipe_embedding;
-without one, the 68 iBUG points mapped from mediapipe's; the procedural model's embedding also models
+without one, the 68 iBUG points mapped from mediapipe's; an embedding calibrated with --bias also models
 where mediapipe's points drift with the pose and expression, and the fit adds that drift to its
 predictions) and the irises; OUT/<name>/{train,test}/ as
 IMavatar's tools write it (test: the last --test-fraction of the clip), a report (report.json: per-frame
@@ -85,6 +85,10 @@ class Track:
     every crop at --photometric-size in memory."""
     photometric_size: int = 256
     """Crop size the photometric term samples (pixels)."""
+    detector_bias: bool = True
+    """Use the embedding's detector-bias model where it has one (an embedding calibrated with
+    ``python -m headstudio.track.calibrate --bias``, given by --mediapipe-embedding; the shipped one has
+    none): the fit adds mediapipe's modelled drift with pose and expression to the points it predicts."""
     landmark_weight_with_dense: float = 0.0
     """Weight of the 68 mapped iBUG points beside the dense points (they are a subset of the same detections,
     with the mapping table's bias; bench/track.py measures both)."""
@@ -169,7 +173,7 @@ class Track:
 
             cfg = LandmarkFitConfig(rigid_steps=self.rigid_steps, full_steps=self.full_steps,
                                     landmark_weight=1.0 if embedding is None else self.landmark_weight_with_dense,
-                                    photometric_steps=self.photometric_steps)  # fmt: skip
+                                    photometric_steps=self.photometric_steps, detector_bias=self.detector_bias)  # fmt: skip
             photometric = None
             if self.photometric_steps > 0:
                 from headstudio.track.photometric import PhotometricTarget

@@ -155,17 +155,21 @@ def test_dense_fit_recovers_the_pose_from_embedded_points(flame):
 
 
 def test_fit_with_the_detector_bias_model_undoes_the_bias(flame):
-    """Points placed where the shipped bias model says mediapipe puts them (embedded points plus the modelled
-    offsets at the true pose): the fit with the bias model recovers the jaw and the landmarks; fitted to the
-    same points as if they were unbiased (``detector_bias=False``), it is measurably worse."""
+    """Points placed where a bias model says mediapipe puts them (embedded points plus the modelled offsets
+    at the true pose): the fit with the bias model recovers the jaw and the landmarks; fitted to the same
+    points as if they were unbiased (``detector_bias=False``), it is measurably worse."""
     from headstudio.flame.model import faces_points
     from headstudio.track.mediapipe_embedding import (
-        PROCEDURAL_EMBEDDING, bias_features, detector_offsets, load_mediapipe_embedding,
+        PROCEDURAL_EMBEDDING, bias_features, detector_offsets, load_mediapipe_embedding, num_bias_features,
     )  # fmt: skip
 
     truth = _clip(flame)
     emb = load_mediapipe_embedding(PROCEDURAL_EMBEDDING, num_faces=int(flame.faces.shape[0]))
-    assert emb.bias is not None and emb.bias_num_expression > 0
+    assert emb.bias is None  # the shipped embedding has no bias model: give it one (FLAME units at the head)
+    emb.bias_num_expression = 5
+    rng = np.random.default_rng(3)
+    emb.bias = 0.002 * rng.normal(size=(num_bias_features(5), len(emb), 2))
+    emb.bias[0] *= 2.0  # a constant part and a part that changes with pose and expression
     verts = flame(shape=truth["shape"][None], expression=truth["expression"], pose=truth["pose"]).vertices
     pts = faces_points(verts, flame.faces, torch.as_tensor(emb.faces), torch.as_tensor(emb.bary).to(verts))
     dense = project(pts * WORLD_SCALE + truth["translation"][:, None], torch.tensor(FOCAL, dtype=verts.dtype), SIZE)
@@ -183,7 +187,7 @@ def test_fit_with_the_detector_bias_model_undoes_the_bias(flame):
         if use:
             assert float(fit.dense_error_px.max()) < 1.0, fit.dense_error_px
             assert float((fit.pose[:, 6] - truth["pose"][:, 6]).abs().max()) < 0.05
-    assert errors[True] < 2.0 and errors[False] > 2.5 * errors[True], errors  # measured: 1.37 against 4.92 px
+    assert errors[True] < 2.0 and errors[False] > 2.5 * errors[True], errors
 
 
 def test_embedding_bias_fields_are_checked_and_round_trip(tmp_path):
@@ -219,14 +223,17 @@ def test_shipped_embedding_holds_on_an_unseen_identity_and_calibration_reproduce
     shipped = load_mediapipe_embedding(PROCEDURAL_EMBEDDING)
     assert len(shipped) > 400 and 5 not in CALIBRATION_SEEDS
     firm = shipped.weights > 0.5
-    residual = embedding_residuals(shipped, seed=5, frames=10, with_bias=False)
+    residual = embedding_residuals(shipped, seed=5, frames=3)
     assert np.isfinite(residual).all()
     assert np.median(residual[:, firm]) < 3.0, np.median(residual[:, firm])  # px at 512
     assert np.median(residual[:, firm]) < np.median(residual[:, ~firm])
-    debiased = embedding_residuals(shipped, seed=5, frames=10)  # the bias model at the true pose, subtracted
-    before, after = ((r * shipped.weights).sum(1).mean() / shipped.weights.sum() for r in (residual, debiased))
-    assert after < 0.92 * before, (after, before)  # confidence-weighted mean, px; measured 3.77 against 4.28
-    small, stats = calibrate(seeds=(CALIBRATION_SEEDS[0],), frames=4)
+    assert shipped.bias is None
+    small, stats = calibrate(seeds=(CALIBRATION_SEEDS[0],), frames=8, bias_num_expression=5, bias_ridge=1e-2)
+    # in sample, with 16 features for 8 frames, its bias model takes most of its own residuals off: the
+    # regression, its units (FLAME units at the head) and the features agree between calibration and use
+    raw = embedding_residuals(small, seed=CALIBRATION_SEEDS[0], frames=8, with_bias=False)
+    debiased = embedding_residuals(small, seed=CALIBRATION_SEEDS[0], frames=8)
+    assert np.nanmean(debiased) < 0.5 * np.nanmean(raw), (np.nanmean(debiased), np.nanmean(raw))
     t = build_template()
 
     def where(e):

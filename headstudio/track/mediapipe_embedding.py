@@ -16,12 +16,14 @@ gets a low weight. The embedding belongs to the model's topology, not to a subje
 
 **Detector bias.** mediapipe's points do not stay on one surface point: as the head turns, the jaw opens
 or the face moves, each drifts in the image in a way that repeats across identities (the calibration's
-residuals are, in large part, a linear function of the pose and expression). A calibrated embedding may
-therefore carry ``bias_coefficients`` (F, K, 2): the image-plane offset (FLAME units at the head, x right,
+residuals are, in large part, a linear function of the pose and expression). An embedding calibrated
+with ``--bias`` therefore carries ``bias_coefficients`` (F, K, 2): the image-plane offset (FLAME units at the head, x right,
 y down) of each detected point from its embedded point, linear in :func:`bias_features` of the frame's
 head rotation, jaw and first ``bias_num_expression`` expression coefficients. The fit adds the offset to
 its predicted points (:func:`detector_offsets`), so the mesh is fitted to where mediapipe *would* put the
-points, not to the points themselves. FLAME's own file has no such fields: its offset is zero.
+points, not to the points themselves. FLAME's own file and the shipped one have no such fields: their
+offset is zero (bench/track.py measures both: the bias model brings the landmarks closer to the truth but
+the downstream PSNR further from it).
 """
 
 from __future__ import annotations
