@@ -218,14 +218,13 @@ def analysis(subject: Path, size: int, embedding: "Path | None" = None) -> None:
           f"firm ({firm.sum()} points) {np.linalg.norm(residual[:, firm], axis=-1).mean():.2f}, of which constant over the clip "
           f"{np.linalg.norm(constant[:, firm], axis=-1).mean():.2f} and changing {np.linalg.norm((residual - constant)[:, firm], axis=-1).mean():.2f}")  # fmt: skip
     if emb.bias is not None:
-        from headstudio.flame.constants import WORLD_SCALE
+        from headstudio.track.calibrate import pixels_per_unit
         from headstudio.track.mediapipe_embedding import bias_features
 
         gt_params = np.load(subject / "gt" / "train" / "flame.npz")
         features = bias_features(torch.as_tensor(gt_params["pose"]).double(),
                                  torch.as_tensor(gt_params["expression"]).double(), emb.bias_num_expression).numpy()  # fmt: skip
-        per_unit = camera.K[0, 0] * WORLD_SCALE / float(camera.t[2])
-        left = residual - np.einsum("tf,fkc->tkc", features, emb.bias) * per_unit
+        left = residual - np.einsum("tf,fkc->tkc", features, emb.bias) * pixels_per_unit(camera)
         w = emb.weights
         print(f"  the same, less the detector-bias model at the true pose: all {np.linalg.norm(left, axis=-1).mean():.2f} "
               f"(weighted by confidence {(np.linalg.norm(left, axis=-1) * w).sum(1).mean() / w.sum():.2f}, before "

@@ -152,13 +152,22 @@ def calibrate(
     embedding = MediapipeEmbedding(indices=keep.astype(np.int64), faces=skin[face].numpy().astype(np.int64),
                                    bary=bary.numpy(), weights=weights)  # fmt: skip
     if bias_ridge >= 0 and seen:
-        residuals, features = detector_residuals(embedding, faces, seen), []
-        for _, _, _, pose, expression in seen:
-            features.append(bias_features(torch.as_tensor(pose[None]).double(), torch.as_tensor(expression[None]).double(),
-                                          bias_num_expression)[0].numpy())  # fmt: skip
-        embedding.bias = fit_detector_bias(residuals, np.stack(features), bias_ridge)
+        features = seen_features(seen, bias_num_expression)
+        embedding.bias = fit_detector_bias(detector_residuals(embedding, faces, seen), features, bias_ridge)
         embedding.bias_num_expression = bias_num_expression
     return embedding, CalibrationStats(hits=hits, spread_m=spreads, frames=total)
+
+
+def pixels_per_unit(camera) -> float:
+    """Pixels per FLAME unit at the FLAME origin's depth (the head's) in a camera looking at it."""
+    return float(camera.K[0, 0]) * WORLD_SCALE / float(camera.t[2])
+
+
+def seen_features(seen: Sequence[tuple], num_expression: int) -> np.ndarray:
+    """(T, F) detector-bias features of the frames' true pose and expression."""
+    pose = torch.as_tensor(np.stack([s[3] for s in seen])).double()
+    expression = torch.as_tensor(np.stack([s[4] for s in seen])).double()
+    return bias_features(pose, expression, num_expression).numpy()
 
 
 def detector_residuals(embedding: MediapipeEmbedding, faces: torch.Tensor, seen: Sequence[tuple]) -> np.ndarray:
@@ -166,8 +175,7 @@ def detector_residuals(embedding: MediapipeEmbedding, faces: torch.Tensor, seen:
     out = []
     for points, verts, camera, _, _ in seen:
         at = faces_points(verts[None].double(), faces, torch.as_tensor(embedding.faces), torch.as_tensor(embedding.bary))[0]
-        per_unit = camera.K[0, 0] * WORLD_SCALE / float(camera.t[2])  # pixels per FLAME unit at the head's origin
-        out.append((points[embedding.indices] - camera.project(at).numpy()) / per_unit)
+        out.append((points[embedding.indices] - camera.project(at).numpy()) / pixels_per_unit(camera))
     return np.stack(out)
 
 
@@ -185,16 +193,14 @@ def embedding_residuals(embedding: MediapipeEmbedding, seed: int, frames: int, s
         if found is not None:
             seen.append((found.mesh[:FACE_MESH_POINTS], verts, camera, pose, expression))
             rows.append(k)
-    out = np.full((frames, len(embedding), 2), np.nan)
+    out = np.full((frames, len(embedding)), np.nan)
     if seen:
-        out[rows] = detector_residuals(embedding, faces, seen)
+        residual = detector_residuals(embedding, faces, seen)
         if with_bias and embedding.bias is not None:
-            features = bias_features(torch.as_tensor(np.stack([s[3] for s in seen])).double(),
-                                     torch.as_tensor(np.stack([s[4] for s in seen])).double(), embedding.bias_num_expression)  # fmt: skip
-            out[rows] -= np.einsum("tf,fkc->tkc", features.numpy(), embedding.bias)
-    per_unit = np.array([s[2].K[0, 0] * WORLD_SCALE / float(s[2].t[2]) for s in seen] or [np.nan])
-    out[rows] *= per_unit[:, None, None]
-    return np.linalg.norm(out, axis=-1)
+            residual = residual - np.einsum("tf,fkc->tkc", seen_features(seen, embedding.bias_num_expression), embedding.bias)
+        per_unit = np.array([pixels_per_unit(s[2]) for s in seen])
+        out[rows] = np.linalg.norm(residual, axis=-1) * per_unit[:, None]
+    return out
 
 
 @dataclass
