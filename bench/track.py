@@ -8,7 +8,7 @@ so parameters compare), once as it runs by default (the dense fit through the mo
 embedding) and once with ``--photometric-steps 100``. Seed 0 is the identity the landmark table and the
 fit's settings were developed on; seed 7 was held out until the detector-bias model, whose feature count
 and ridge were then chosen on seeds 0 and 7; seed 13 was not looked at while developing (the shipped
-embedding was calibrated on seeds 101-106; the bias model measured in the README on seeds 101-118).
+embedding and its detector-bias model were calibrated on seeds 101-118).
 ``--mediapipe-embedding``: hs-track (and the analysis) use that embedding instead of the one beside the
 subject's model, e.g. one made by ``python -m headstudio.track.calibrate EMB.npz --bias``. Errors, per frame, on every frame of the clip:
 

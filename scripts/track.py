@@ -86,9 +86,9 @@ class Track:
     photometric_size: int = 256
     """Crop size the photometric term samples (pixels)."""
     detector_bias: bool = True
-    """Use the embedding's detector-bias model where it has one (an embedding calibrated with
-    ``python -m headstudio.track.calibrate --bias``, given by --mediapipe-embedding; the shipped one has
-    none): the fit adds mediapipe's modelled drift with pose and expression to the points it predicts."""
+    """Use the embedding's detector-bias model where it has one (the shipped embedding of headstudio's
+    procedural model does; FLAME's own file does not): the fit adds mediapipe's modelled drift with pose and
+    expression to the points it predicts."""
     landmark_weight_with_dense: float = 0.0
     """Weight of the 68 mapped iBUG points beside the dense points (they are a subset of the same detections,
     with the mapping table's bias; bench/track.py measures both)."""
@@ -111,6 +111,9 @@ class Track:
         if reader.count_hint is not None:
             _split(reader.count_hint, self.test_fraction, self.source)
         flame, flame_note, procedural, embedding, embedding_note = _flame(self.flame_path, self.mediapipe_embedding)
+        if embedding is not None and embedding.bias is not None:
+            embedding_note += (", with its detector-bias model" if self.detector_bias
+                               else ", its detector-bias model off (--no-detector-bias)")  # fmt: skip
         console.print(f"{reader.source}: {reader.count_hint or 'unknown number of'} frames at {reader.fps:g} fps; "
                       f"{flame_note}; {embedding_note}", soft_wrap=True)  # fmt: skip
 

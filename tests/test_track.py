@@ -165,7 +165,7 @@ def test_fit_with_the_detector_bias_model_undoes_the_bias(flame):
 
     truth = _clip(flame)
     emb = load_mediapipe_embedding(PROCEDURAL_EMBEDDING, num_faces=int(flame.faces.shape[0]))
-    assert emb.bias is None  # the shipped embedding has no bias model: give it one (FLAME units at the head)
+    # a synthetic bias model in place of the shipped one (FLAME units at the head)
     emb.bias_num_expression = 5
     rng = np.random.default_rng(3)
     emb.bias = 0.002 * rng.normal(size=(num_bias_features(5), len(emb), 2))
@@ -218,16 +218,19 @@ def test_shipped_embedding_holds_on_an_unseen_identity_and_calibration_reproduce
     pytest.importorskip("mediapipe", reason="mediapipe missing: pip install --no-deps mediapipe==0.10.9 (.ci/run does)")
     from headstudio.flame.procedural import build_template
     from headstudio.track.calibrate import CALIBRATION_SEEDS, calibrate, embedding_residuals
-    from headstudio.track.mediapipe_embedding import PROCEDURAL_EMBEDDING, load_mediapipe_embedding
+    from headstudio.track.mediapipe_embedding import PROCEDURAL_EMBEDDING, load_mediapipe_embedding, num_bias_features
 
     shipped = load_mediapipe_embedding(PROCEDURAL_EMBEDDING)
     assert len(shipped) > 400 and 5 not in CALIBRATION_SEEDS
+    assert shipped.bias is not None and shipped.bias.shape == (num_bias_features(shipped.bias_num_expression), len(shipped), 2)
     firm = shipped.weights > 0.5
     residual = embedding_residuals(shipped, seed=5, frames=3)
     assert np.isfinite(residual).all()
     assert np.median(residual[:, firm]) < 3.0, np.median(residual[:, firm])  # px at 512
     assert np.median(residual[:, firm]) < np.median(residual[:, ~firm])
-    assert shipped.bias is None
+    # its detector-bias model, calibrated on other identities, takes part of mediapipe's drift off this one
+    unbiased = embedding_residuals(shipped, seed=5, frames=3, with_bias=False)
+    assert residual.mean() < 0.85 * unbiased.mean(), (residual.mean(), unbiased.mean())
     small, stats = calibrate(seeds=(CALIBRATION_SEEDS[0],), frames=8, bias_num_expression=5, bias_ridge=1e-2)
     # in sample, with 16 features for 8 frames, its bias model takes most of its own residuals off: the
     # regression, its units (FLAME units at the head) and the features agree between calibration and use
@@ -241,7 +244,7 @@ def test_shipped_embedding_holds_on_an_unseen_identity_and_calibration_reproduce
 
     a, b = where(shipped), where(small)
     apart = [np.linalg.norm(a[i] - b[i]) for i in shipped.indices[firm] if i in b]
-    assert len(apart) > 0.8 * firm.sum() and np.median(apart) < 0.003, np.median(apart)  # metres (one identity vs six)
+    assert len(apart) > 0.8 * firm.sum() and np.median(apart) < 0.003, np.median(apart)  # metres (one identity vs eighteen)
 
 
 def test_photometric_term_is_lowest_where_the_mesh_sits_and_pulls_back_to_it(flame):
@@ -406,7 +409,8 @@ def test_hs_track_writes_an_imavatar_subject_the_dataparser_reads(synthetic_vide
     c = report["crop"]  # the principal point: the 320 px source frame's centre, moved by the crop
     centre = [(160 - c["x0"]) * c["size"] / c["side"], (160 - c["y0"]) * c["size"] / c["side"]]
     assert np.allclose(report["principal_point_px"], centre, atol=1e-3) and not np.allclose(centre, 128, atol=0.5)
-    assert "mediapipe face-mesh points through their mesh embedding (headstudio's calibrated one)" in report["landmarks_fitted"]
+    assert ("mediapipe face-mesh points through their mesh embedding (headstudio's calibrated one), with its "
+            "detector-bias model") in report["landmarks_fitted"]  # fmt: skip
     assert report["mean_dense_error_px"] < 4.0, report["mean_dense_error_px"]  # against mediapipe's points, at 256 px
     assert (out / "flame" / "generic_model.pkl").exists() and (out / "flame" / "mediapipe_landmark_embedding.npz").exists()
     import cv2

@@ -21,9 +21,9 @@ with ``--bias`` therefore carries ``bias_coefficients`` (F, K, 2): the image-pla
 y down) of each detected point from its embedded point, linear in :func:`bias_features` of the frame's
 head rotation, jaw and first ``bias_num_expression`` expression coefficients. The fit adds the offset to
 its predicted points (:func:`detector_offsets`), so the mesh is fitted to where mediapipe *would* put the
-points, not to the points themselves. FLAME's own file and the shipped one have no such fields: their
-offset is zero (bench/track.py measures both: the bias model brings the landmarks closer to the truth but
-the downstream PSNR further from it).
+points, not to the points themselves. The shipped embedding carries one (calibrated on seeds 101-118);
+FLAME's own file has no such fields, and its offset is zero. bench/track.py measures the fit with and
+without it.
 """
 
 from __future__ import annotations
