@@ -10,7 +10,7 @@ fit's settings were developed on; seed 7 was held out until the detector-bias mo
 and ridge were then chosen on seeds 0 and 7; seed 13 was not looked at while developing (the shipped
 embedding and its detector-bias model were calibrated on seeds 101-118).
 ``--mediapipe-embedding``: hs-track (and the analysis) use that embedding instead of the one beside the
-subject's model, e.g. one made by ``python -m headstudio.track.calibrate EMB.npz --bias``. Errors, per frame, on every frame of the clip:
+subject's model, e.g. one made by ``python -m headstudio.track.calibrate EMB.npz --no-bias``. Errors, per frame, on every frame of the clip:
 
 - landmarks: the fitted FLAME landmarks against the ground-truth ones (both in the crop, scaled to
   512 px), all 68 and the 51 inner ones;

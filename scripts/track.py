@@ -6,7 +6,7 @@ Steps: the frames; mediapipe's face mesh on each (the largest face; its models a
 crop around the face for the clip, resized to --size; the foreground (selfie segmentation joined with the
 face hull) and face-region masks; FLAME fitted to all frames at once (headstudio.track.fit) on mediapipe's
 face-mesh points through the model's mediapipe landmark embedding (headstudio.track.mediapipe_embedding;
-without one, the 68 iBUG points mapped from mediapipe's; an embedding calibrated with --bias also models
+without one, the 68 iBUG points mapped from mediapipe's; an embedding with a detector-bias model, as the shipped one, also models
 where mediapipe's points drift with the pose and expression, and the fit adds that drift to its
 predictions) and the irises; OUT/<name>/{train,test}/ as
 IMavatar's tools write it (test: the last --test-fraction of the clip), a report (report.json: per-frame

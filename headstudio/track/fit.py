@@ -67,8 +67,8 @@ class LandmarkFitConfig:
     """Weight of the dense term: mediapipe's face-mesh points against their embedding on the mesh
     (:mod:`headstudio.track.mediapipe_embedding`), each also weighted by the embedding's confidence."""
     detector_bias: bool = True
-    """Add the embedding's detector-bias offsets (where it has them: one calibrated with
-    ``python -m headstudio.track.calibrate --bias``) to the predicted dense points, as a function of each
+    """Add the embedding's detector-bias offsets (where it has them: the shipped procedural
+    one, or any calibrated by ``python -m headstudio.track.calibrate`` without ``--no-bias``) to the predicted dense points, as a function of each
     frame's fitted pose and expression."""
     photometric_steps: int = 0
     """Adam steps of the photometric refinement after the landmark stages (0: none; needs a

@@ -17,7 +17,7 @@ gets a low weight. The embedding belongs to the model's topology, not to a subje
 **Detector bias.** mediapipe's points do not stay on one surface point: as the head turns, the jaw opens
 or the face moves, each drifts in the image in a way that repeats across identities (the calibration's
 residuals are, in large part, a linear function of the pose and expression). An embedding calibrated
-with ``--bias`` therefore carries ``bias_coefficients`` (F, K, 2): the image-plane offset (FLAME units at the head, x right,
+with the bias model (the default of ``calibrate``) therefore carries ``bias_coefficients`` (F, K, 2): the image-plane offset (FLAME units at the head, x right,
 y down) of each detected point from its embedded point, linear in :func:`bias_features` of the frame's
 head rotation, jaw and first ``bias_num_expression`` expression coefficients. The fit adds the offset to
 its predicted points (:func:`detector_offsets`), so the mesh is fitted to where mediapipe *would* put the
