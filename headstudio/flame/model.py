@@ -213,11 +213,8 @@ class FlameModel(nn.Module):
         bins = dynamic_contour_bins(rot_mats)
         dyn_faces = self.lmk_dynamic_faces[bins]  # B 17
         dyn_bary = self.lmk_dynamic_bary[bins]  # B 17 3
-        tri = torch.gather(
-            vertices[:, None].expand(-1, dyn_faces.shape[1], -1, -1),
-            2,
-            faces[dyn_faces].unsqueeze(-1).expand(-1, -1, -1, 3),
-        )  # B 17 3 3
+        frame = torch.arange(vertices.shape[0], device=vertices.device)[:, None, None]
+        tri = vertices[frame, faces[dyn_faces]]  # B 17 3 3 (indexing: its gradient is B V 3, not B 17 V 3)
         contour = (tri * dyn_bary[..., None]).sum(-2)
         static = faces_points(vertices, faces, self.lmk_static_faces, self.lmk_static_bary)
         return torch.cat([contour, static], dim=1)

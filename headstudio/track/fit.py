@@ -145,11 +145,20 @@ class LandmarkFlame(torch.nn.Module):
         self.register_buffer("j_exprdirs", torch.einsum("jv,vck->jck", reg, flame.exprdirs), persistent=False)
 
     def forward(
-        self, shape: Float[Tensor, "S"], expression: Float[Tensor, "B E"], pose: Float[Tensor, "B 15"]
-    ) -> tuple[Float[Tensor, "B 68 3"], Optional[Float[Tensor, "B 2 3"]], Optional[Float[Tensor, "B K 3"]]]:
+        self, shape: Float[Tensor, "S"], expression: Float[Tensor, "B E"], pose: Float[Tensor, "B 15"],
+        rigid: bool = False,
+    ) -> tuple[Float[Tensor, "B 68 3"], Optional[Float[Tensor, "B 2 3"]], Optional[Float[Tensor, "B K 3"]]]:  # fmt: skip
         """Landmarks, the irises (where the model has them) and the dense embedded points (where given) of each
-        frame, in FLAME units."""
+        frame, in FLAME units. ``rigid``: shape and expression are taken as zero and only the global rotation
+        ``pose[:, :3]`` as set (the fit's first stage): the template turned about the root joint, which is
+        what skinning gives then (no joint moves relative to the root, no pose correctives), for a fraction of
+        the cost."""
         b = pose.shape[0]
+        if rigid:
+            rot_mats = axis_angle_to_matrix(pose.reshape(b, -1, 3))
+            root = self.j_template[0]
+            rest = self._points(self.v_template[None].expand(b, -1, -1), rot_mats)  # the contour row turns with yaw
+            return tuple(None if x is None else torch.einsum("bij,bkj->bki", rot_mats[:, 0], x - root) + root for x in rest)
         full_shape = shape.new_zeros(self.shapedirs.shape[-1])
         full_shape[: shape.shape[0]] = shape
         rest = self.v_template + torch.einsum("k,vck->vc", full_shape, self.shapedirs)
@@ -158,10 +167,41 @@ class LandmarkFlame(torch.nn.Module):
         joints = joints[None] + torch.einsum("bk,jck->bjc", expression, self.j_exprdirs)
         rot_mats = axis_angle_to_matrix(pose.reshape(b, -1, 3))
         verts, _ = lbs(rest, self.weights, rot_mats, joints, self.parents, pose_dirs=self.posedirs)
+        return self._points(verts, rot_mats)
+
+    def _points(self, verts: Float[Tensor, "B V 3"], rot_mats: Float[Tensor, "B J 3 3"]):
         landmarks = self.flame.landmarks(verts, rot_mats, faces=self.faces)
         iris = self.flame.iris_landmarks(verts, faces=self.faces) if self.has_iris else None
         dense = faces_points(verts, self.faces, self.dense_faces, self.dense_bary) if self.has_dense else None
         return landmarks, iris, dense
+
+
+class Adam:
+    """Adam (Kingma and Ba 2015; as ``torch.optim.Adam`` without weight decay) for the fit's few tensors.
+    ``torch.optim``'s first step imports ``torch._dynamo``, which took 1.7 s here: 6 % of hs-track's whole run
+    on a 60-frame clip."""
+
+    def __init__(self, params: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.steps, 1 - b2**self.steps
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / math.sqrt(c2)).add_(self.eps), value=-self.lr / c1)
 
 
 def project(
@@ -274,8 +314,8 @@ def fit_flame_to_landmarks(
     translation = t0.clone().requires_grad_(True)
     log_focal = torch.tensor(math.log(focal), device=device, dtype=dtype, requires_grad=True)
 
-    def evaluate():
-        landmarks, iris_points, dense_points = sparse(shape, expression, pose)
+    def evaluate(rigid: bool = False):
+        landmarks, iris_points, dense_points = sparse(shape, expression, pose, rigid=rigid)
         f = log_focal.exp()
         pred = project(landmarks * WORLD_SCALE + translation[:, None], f, size, principal)
         pred_iris = project(iris_points * WORLD_SCALE + translation[:, None], f, size, principal) if use_iris else None
@@ -291,8 +331,8 @@ def fit_flame_to_landmarks(
             pred_dense = pred_dense + offset * pixels[:, None, None]
         return pred, pred_iris, pred_dense if use_dense else None, extra
 
-    def loss_fn(outputs=None):
-        pred, pred_iris, pred_dense, _ = outputs if outputs is not None else evaluate()
+    def loss_fn(outputs=None, rigid: bool = False):
+        pred, pred_iris, pred_dense, _ = outputs if outputs is not None else evaluate(rigid)
         err = (((pred - lm) * scale) ** 2).sum(-1) * valid * weights
         loss = config.landmark_weight * err.sum() / (valid * weights).sum().clamp_min(1)
         if use_dense:
@@ -317,10 +357,10 @@ def fit_flame_to_landmarks(
     total = sum(n for _, n in stages) + (config.photometric_steps if use_photometric else 0)
     done = 0
     for stage, (params, steps) in enumerate(stages):
-        optimizer = torch.optim.Adam(params, lr=config.lr)
+        optimizer = Adam(params, lr=config.lr)
         for _ in range(steps):
             optimizer.zero_grad()
-            loss = loss_fn()
+            loss = loss_fn(rigid=stage == 0)
             loss.backward()
             if stage == 0:  # rigid: only the global rotation moves
                 pose.grad[:, 3:] = 0
@@ -348,7 +388,7 @@ def fit_flame_to_landmarks(
                                torch.cat([dense_bary, corner[candidates].to(dtype)]))  # fmt: skip
         seen = seen_all[:, candidates]
         reference = None
-        optimizer = torch.optim.Adam([shape, expression, pose, translation], lr=config.photometric_lr)
+        optimizer = Adam([shape, expression, pose, translation], lr=config.photometric_lr)
         for step in range(config.photometric_steps):
             if step == config.photometric_steps // 2 and step > 0:
                 seen = P.visible_vertices(full_mesh(), flame.faces, focal_now, size[0], photometric, candidates, principal)
