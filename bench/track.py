@@ -1,14 +1,16 @@
 """hs-track against the ground truth of synthetic videos: landmark, expression, jaw and head-pose error, speed.
 
-    python bench/track.py [--seeds 0 7 13] [--frames 60] [--size 512] [--mediapipe-embedding EMB.npz]
+    python bench/track.py [--seeds 0 7 13 21] [--frames 60] [--size 512] [--mediapipe-embedding EMB.npz]
 
 For each seed: ``hs-synth subject --video`` (its training sequence as an MP4, with its ground-truth
 tracking beside it), then ``hs-track`` on the MP4 with the subject's own FLAME-format model (same model,
 so parameters compare), once as it runs by default (the dense fit through the model's mediapipe
 embedding) and once with ``--photometric-steps 100``. Seed 0 is the identity the landmark table and the
 fit's settings were developed on; seed 7 was held out until the detector-bias model, whose feature count
-and ridge were then chosen on seeds 0 and 7; seed 13 was not looked at while developing (the shipped
-embedding and its detector-bias model were calibrated on seeds 101-118).
+and ridge were then chosen on seeds 0 and 7; seed 13 was held out until then, and has been looked at since
+(the embedding's weights from held-out residuals were measured on 0, 7 and 13); seed 21 was not looked at
+before this version's table (the shipped embedding and its detector-bias model were calibrated on seeds
+101-118).
 ``--mediapipe-embedding``: hs-track (and the analysis) use that embedding instead of the one beside the
 subject's model, e.g. one made by ``python -m headstudio.track.calibrate EMB.npz --no-bias``. Errors, per frame, on every frame of the clip:
 
@@ -32,7 +34,9 @@ Downstream (``--downstream-iters N`` > 0, first seed only): ``hs-track --size --
 clip (as it runs by default, and with ``--photometric-steps 100`` unless ``--downstream-no-photometric``), and
 tensorf-local-deform trained for N iterations (``ns-train``, CPU) on each output and on the same crops with
 the ground-truth tracking written into the crop's camera (the truth's intrinsics moved and scaled by the
-crop); ``ns-eval`` on the test split (the clip's last 20 %, every frame) of each: the PSNR gap.
+crop); ``ns-eval`` on the test split (the clip's last 20 %, every frame) of each: the PSNR gap. CPU training
+is not deterministic (two runs of one configuration were 0.5 dB apart), so each is trained
+``--downstream-repeats`` times (default 2) and the gap is taken between the means.
 """
 
 from __future__ import annotations
@@ -166,6 +170,7 @@ VARIANTS = {"the 68 mapped points (no embedding)": dict(landmark_weight=1.0, den
             "dense points and the 68 at 0.3": dict(landmark_weight=0.3),
             "dense, expression prior 1e-4 (the earlier default)": dict(landmark_weight=0.0, expression_prior=1e-4)}  # fmt: skip
 PHOTOMETRIC_STEPS = 100
+SEED_NOTES = {0: " (developed on)", 21: " (held out)"}
 
 
 def true_vertices(subject: Path, flame) -> "torch.Tensor":
@@ -277,7 +282,7 @@ def track(bindir: Path, subject: Path, out: Path, size: int, photometric: bool, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 7, 13])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 7, 13, 21])
     ap.add_argument("--frames", type=int, default=60, help="frames of each synthetic clip")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--workdir", type=Path, default=None)
@@ -287,6 +292,7 @@ def main() -> None:
     ap.add_argument("--downstream-iters", type=int, default=300, help="tensorf-local-deform iterations per run; 0: skip")
     ap.add_argument("--downstream-size", type=int, default=128, help="hs-track crop size for the downstream runs")
     ap.add_argument("--downstream-no-photometric", action="store_true", help="downstream: skip the --photometric-steps run")
+    ap.add_argument("--downstream-repeats", type=int, default=2, help="trainings per downstream configuration (their mean)")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hs-bench-track-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -305,7 +311,7 @@ def main() -> None:
     print("| seed | hs-track | frames | landmarks (px @512) | inner 51 (px) | expression |Δ| (first 10; truth |ψ|) | jaw (°) | head rotation (°) | frames/s | no face |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for seed, photometric, r in rows:
-        print(f"| {seed}{' (developed on)' if seed == 0 else ''} | {f'--photometric-steps {PHOTOMETRIC_STEPS}' if photometric else 'default'} | "
+        print(f"| {seed}{SEED_NOTES.get(seed, '')} | {f'--photometric-steps {PHOTOMETRIC_STEPS}' if photometric else 'default'} | "
               f"{r['frames']} | {r['landmarks_px']:.2f} | {r['inner_landmarks_px']:.2f} | {r['expression_abs']:.3f} "
               f"({r['expression_scale']:.3f}) | {r['jaw_deg']:.2f} | {r['head_rotation_deg']:.2f} | {r['fps']:.2f} | {r['without_face']} |")  # fmt: skip
     if args.downstream_iters > 0:
@@ -314,21 +320,29 @@ def main() -> None:
         track(bindir, subject, small, args.downstream_size, photometric=False, capture=True, embedding=args.mediapipe_embedding)
         truth = truth_in_crop(subject, small, work / f"truth{seed}_{args.downstream_size}")
         flame = subject / "flame" / "generic_model.pkl"
-        runs = {"hs-track's tracking": downstream(bindir, small, work / f"down{seed}_track", args.downstream_iters, flame)}
+        configs = {"hs-track's tracking": (small, "track")}
         if not args.downstream_no_photometric:
             small_photo = work / f"tracked{seed}_{args.downstream_size}_photometric"
             track(bindir, subject, small_photo, args.downstream_size, photometric=True, capture=True,
                   embedding=args.mediapipe_embedding)
-            runs[f"hs-track --photometric-steps {PHOTOMETRIC_STEPS}"] = downstream(
-                bindir, small_photo, work / f"down{seed}_track_photometric", args.downstream_iters, flame)
-        runs["ground-truth tracking"] = downstream(bindir, truth, work / f"down{seed}_truth", args.downstream_iters, flame)
+            configs[f"hs-track --photometric-steps {PHOTOMETRIC_STEPS}"] = (small_photo, "track_photometric")
+        configs["ground-truth tracking"] = (truth, "truth")
+        trained = {name: [] for name in configs}
+        for repeat in range(args.downstream_repeats):  # interleaved: a slow spell of the machine hits every one
+            for name, (data, tag) in configs.items():
+                suffix = "" if repeat == 0 else f"_{repeat + 1}"
+                trained[name].append(downstream(bindir, data, work / f"down{seed}_{tag}{suffix}", args.downstream_iters, flame))
+        runs = {name: {k: float(np.mean([r.get(k, np.nan) for r in rs])) for k in ("psnr", "ssim", "train_seconds")}
+                for name, rs in trained.items()}  # fmt: skip
         print(f"\nDownstream (seed {seed}, {args.downstream_size} px crops, tensorf-local-deform {args.downstream_iters} CPU "
-              "iterations, ns-eval on the test split: the clip's last 20 %):\n")  # fmt: skip
-        print("| tracking | PSNR† | PSNR | SSIM | train s |")
-        print("|---|---|---|---|---|")
-        for name, r in runs.items():
-            dag = r.get("psnr_dagger", r.get("psnr†", float("nan")))
-            print(f"| {name} | {dag:.2f} | {r.get('psnr', float('nan')):.2f} | {r.get('ssim', float('nan')):.3f} | {r['train_seconds']:.0f} |")
+              f"iterations, ns-eval on the test split: the clip's last 20 %; {args.downstream_repeats} trainings each):\n")  # fmt: skip
+        print("| tracking | PSNR† (each) | PSNR (each) | PSNR (mean) | SSIM (mean) | train s (mean) |")
+        print("|---|---|---|---|---|---|")
+        for name, rs in trained.items():
+            dag = " / ".join(f"{r.get('psnr_dagger', r.get('psnr†', float('nan'))):.2f}" for r in rs)
+            each = " / ".join(f"{r.get('psnr', float('nan')):.2f}" for r in rs)
+            m = runs[name]
+            print(f"| {name} | {dag} | {each} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['train_seconds']:.0f} |")
         fitted, true = (json.loads((d / small.name / "train" / "flame_params.json").read_text()) for d in (small, truth))
         kp = [np.linalg.norm(np.array(a["flame_keypoints"])[:68] - np.array(b["flame_keypoints"])[:68], axis=-1).mean()
               for a, b in zip(fitted["frames"], true["frames"])]  # fmt: skip
@@ -337,7 +351,7 @@ def main() -> None:
         for name, r in runs.items():
             if name != "ground-truth tracking":
                 gap = runs["ground-truth tracking"].get("psnr", float("nan")) - r.get("psnr", float("nan"))
-                print(f"PSNR gap (ground truth - {name}): {gap:.2f} dB (target: within 1 dB)")
+                print(f"PSNR gap (ground truth - {name}, means): {gap:.2f} dB (target: within 1 dB)")
     if not args.no_analysis:
         for seed in args.seeds:
             print(f"\nseed {seed}:")

@@ -243,8 +243,29 @@ def test_shipped_embedding_holds_on_an_unseen_identity_and_calibration_reproduce
         return {int(i): (t.vertices[t.faces[f]] * b[:, None]).sum(0) for i, f, b in zip(e.indices, e.faces, e.bary)}
 
     a, b = where(shipped), where(small)
-    apart = [np.linalg.norm(a[i] - b[i]) for i in shipped.indices[firm] if i in b]
-    assert len(apart) > 0.8 * firm.sum() and np.median(apart) < 0.003, np.median(apart)  # metres (one identity vs eighteen)
+    # the points firm in both: the shipped weights (what the bias model leaves on held-out identities) and
+    # a small spread of their template positions in the small run
+    steady = [int(i) for i in shipped.indices[firm] if np.isfinite(stats.spread_m[i]) and stats.spread_m[i] < 0.0015]
+    apart = [np.linalg.norm(a[i] - b[i]) for i in steady if i in b]
+    assert len(apart) > 0.5 * firm.sum() and np.median(apart) < 0.003, (len(apart), firm.sum(), np.median(apart))  # metres
+
+
+def test_held_out_residuals_keep_what_the_bias_model_cannot_carry_to_a_new_identity():
+    """A point whose offset is the same function of the features for every identity is explained on a
+    held-out one (weight near 1); a point with an offset of its own per identity is not (weight lower)."""
+    from headstudio.track.calibrate import held_out_residuals
+
+    rng = np.random.default_rng(0)
+    identity = np.repeat(np.arange(6), 20)
+    features = np.concatenate([np.ones((120, 1)), rng.normal(size=(120, 3))], 1)
+    shared = features @ rng.normal(size=(4, 2)) * 1e-3  # the same drift on every face
+    own = rng.normal(size=(6, 2))[identity] * 3e-3  # a constant offset per face, unpredictable from the features
+    residuals = np.stack([shared, shared + own], 1)  # T 2 2
+    residuals[::7, 0] = np.nan  # points not seen in some frames stay NaN and out of the fit
+    left = held_out_residuals(residuals, features, identity, ridge=1e-6)
+    assert np.isnan(left[::7, 0]).all() and np.isfinite(left[:, 1]).all()
+    rms = np.sqrt(np.nanmean((left**2).sum(-1), axis=0))
+    assert rms[0] < 1e-6 and rms[1] > 2e-3, rms
 
 
 def test_photometric_term_is_lowest_where_the_mesh_sits_and_pulls_back_to_it(flame):

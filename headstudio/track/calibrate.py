@@ -6,7 +6,8 @@ For each seed: a procedural subject (``hs-synth subject``'s identity, look and t
 at ``--size`` px; mediapipe's face mesh on each frame; under each detected point the visible surface point
 (the rasterizer's face and barycentric coordinates), carried to the neutral template. Per point: the
 robust centre of those template positions over all frames, snapped to the skin; its spread gives the
-weight (:mod:`headstudio.track.mediapipe_embedding`). Points seen on the skin in fewer than
+weight (:mod:`headstudio.track.mediapipe_embedding`), or, with the bias model, what that model leaves of
+the point's offsets on identities it was not fitted on. Points seen on the skin in fewer than
 ``--min-hit`` of the frames are left out. Then (unless ``--no-bias``) the detector bias: each detected
 point's image offset from its embedded point on the true mesh, in FLAME units at the head, ridge-regressed
 on the frame's true pose and expression features (``bias_coefficients``).
@@ -112,14 +113,17 @@ def rendered_detections(seed: int, frames: int, size: int = 512) -> Iterator[tup
 def calibrate(
     seeds: Sequence[int] = CALIBRATION_SEEDS, frames: int = 60, size: int = 512, min_hit: float = 0.5,
     spread_scale_m: float = 0.0015, progress: Optional[Callable[[int, int], None]] = None,
-    bias_num_expression: int = 30, bias_ridge: float = 3.0,
+    bias_num_expression: int = 30, bias_ridge: float = 3.0, residual_scale_m: float = 0.002,
 ) -> tuple[MediapipeEmbedding, CalibrationStats]:  # fmt: skip
     """The embedding from ``frames`` renders of each seed's subject (see the module docstring).
 
     ``spread_scale_m``: a point whose spread is this (about 2 px at 512 px from hs-synth's camera) gets
     weight 1/2 (weight = 1 / (1 + (spread / scale)^2)). ``bias_num_expression``: expression coefficients
     among the detector-bias features; ``bias_ridge``: its ridge weight (negative: no bias model; 3 and 30
-    were chosen on bench/track.py's seeds 0 and 7)."""
+    were chosen on bench/track.py's seeds 0 and 7). With the bias model the weights come instead from what
+    it leaves of each point's offsets on identities it was not fitted on (:func:`held_out_residuals`): a
+    point whose root-mean-square residual is ``residual_scale_m`` gets weight 1/2 (2 mm, about 2.7 px at
+    512 px; 1 and 2 mm measured alike on bench/track.py's seeds 0, 7, 13)."""
     from headstudio.flame.procedural import EAR_L, EAR_R, SKIN, build_template
     from headstudio.ops.mesh import closest_points_on_mesh
 
@@ -128,7 +132,7 @@ def calibrate(
     canon = torch.as_tensor(template.vertices, dtype=torch.float32)
     allowed = torch.as_tensor(np.isin(template.face_part, [SKIN, EAR_L, EAR_R]))
     samples = [[] for _ in range(FACE_MESH_POINTS)]
-    seen = []  # (detected points, posed vertices, camera, pose, expression) for the bias model
+    seen, identity = [], []  # (detected points, posed vertices, camera, pose, expression) for the bias model
     total, done = len(seeds) * frames, 0
     for seed in seeds:
         for frame, verts, camera, found, pose, expression in rendered_detections(seed, frames, size):
@@ -137,6 +141,7 @@ def calibrate(
                 for i in np.nonzero(np.isfinite(pts).all(-1))[0]:
                     samples[i].append(pts[i])
                 seen.append((found.mesh[:FACE_MESH_POINTS], verts, camera, pose, expression))
+                identity.append(seed)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -153,9 +158,27 @@ def calibrate(
                                    bary=bary.numpy(), weights=weights)  # fmt: skip
     if bias_ridge >= 0 and seen:
         features = seen_features(seen, bias_num_expression)
-        embedding.bias = fit_detector_bias(detector_residuals(embedding, faces, seen), features, bias_ridge)
+        residuals = detector_residuals(embedding, faces, seen)
+        embedding.bias = fit_detector_bias(residuals, features, bias_ridge)
         embedding.bias_num_expression = bias_num_expression
+        if len(set(identity)) > 1:
+            left = held_out_residuals(residuals, features, np.asarray(identity), bias_ridge)
+            rms = np.sqrt(np.nanmean((left**2).sum(-1), axis=0))
+            embedding.weights = 1.0 / (1.0 + (rms / residual_scale_m) ** 2)
     return embedding, CalibrationStats(hits=hits, spread_m=spreads, frames=total)
+
+
+def held_out_residuals(
+    residuals: np.ndarray, features: np.ndarray, identity: np.ndarray, ridge: float
+) -> np.ndarray:  # fmt: skip
+    """(T, K, 2) what the detector-bias model leaves of each frame's residuals when fitted on the other
+    identities only (leave one identity out): the error the fit meets on a new face."""
+    out = np.full_like(residuals, np.nan)
+    for who in np.unique(identity):
+        train, test = identity != who, identity == who
+        coefficients = fit_detector_bias(residuals[train], features[train], ridge)
+        out[test] = residuals[test] - np.einsum("tf,fkc->tkc", features[test], coefficients)
+    return out
 
 
 def pixels_per_unit(camera) -> float:

@@ -10,7 +10,8 @@ FLAME's own embedding is for FLAME's mesh. For headstudio's procedural model we 
 which surface point lies under each detected point (the rasterizer's face and barycentric coordinates),
 carry it to the neutral template and take its robust centre over all frames. A point that slides over
 the surface as the face moves (the face oval at the silhouette, inner lips) has a wide spread there and
-gets a low weight. The embedding belongs to the model's topology, not to a subject: the shipped one
+gets a low weight; with the detector-bias model (below) the weight measures instead what that model
+leaves unexplained of the point's offsets on identities it was not fitted on. The embedding belongs to the model's topology, not to a subject: the shipped one
 (``headstudio/flame/procedural/mediapipe_landmark_embedding.npz``, written by
 ``python -m headstudio.track.calibrate``) was made from identities the benches do not use.
 
