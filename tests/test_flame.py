@@ -110,6 +110,34 @@ def test_lbs_on_points_with_per_point_fields(flame):
     assert torch.allclose(posed, ref, atol=1e-10)
 
 
+def test_skinned_surface_points_equal_the_skinned_mesh_interpolated(flame):
+    """skin_surface_points gives what skinning every vertex and interpolating gives, for points shared by the
+    batch and for points chosen per batch element."""
+    from headstudio.flame.lbs import rigid_transforms, skin_surface_points
+    from headstudio.flame.model import faces_points
+
+    g = torch.Generator().manual_seed(0)
+    rest = flame.v_template[None] + 0.01 * torch.randn(3, flame.num_vertices, 3, generator=g)
+    rot = axis_angle_to_matrix(0.3 * torch.randn(3, 5, 3, generator=g))
+    joints = flame.J_regressor @ rest
+    posed, transforms = lbs(rest, flame.weights, rot, joints, flame.parents)
+    _, same = rigid_transforms(rot, joints, flame.parents)
+    assert torch.allclose(transforms, same)
+    faces = torch.randint(0, flame.faces.shape[0], (40,), generator=g)
+    bary = torch.rand(40, 3, generator=g)
+    bary = bary / bary.sum(-1, keepdim=True)
+    want = faces_points(posed, flame.faces, faces, bary)
+    got = skin_surface_points(rest, flame.weights, transforms, flame.faces[faces], bary)
+    assert torch.allclose(got, want, atol=1e-6)
+    per_frame = faces.reshape(1, 40).roll(1, -1).expand(3, -1).clone()
+    per_frame[1] = faces
+    want = torch.stack([faces_points(posed[i : i + 1], flame.faces, per_frame[i], bary)[0] for i in range(3)])
+    got = skin_surface_points(rest, flame.weights, transforms, flame.faces[per_frame], bary.expand(3, -1, -1))
+    assert torch.allclose(got, want, atol=1e-6)
+    shared = skin_surface_points(rest, flame.weights, transforms, flame.faces[faces], bary)
+    assert torch.allclose(got[1], shared[1], atol=1e-6) and not torch.allclose(got[0], shared[0], atol=1e-4)
+
+
 def test_axis_angle_round_trip():
     vec = torch.tensor([[0.0, 0.0, 0.0], [1e-5, 0, 0], [0.3, -1.2, 0.5], [0, 2.5, 0]], dtype=torch.float64)
     R = axis_angle_to_matrix(vec)

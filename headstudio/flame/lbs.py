@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -99,6 +99,34 @@ def skin_points(
     else:
         blended = torch.einsum("bnj,bjrc->bnrc", weights, transforms[:, :, :3, :])
     return (blended[..., :3] @ points[..., None])[..., 0] + blended[..., 3]
+
+
+def skin_surface_points(
+    rest_vertices: Float[Tensor, "batch V 3"],
+    weights: Float[Tensor, "V J"],
+    transforms: Float[Tensor, "batch J 4 4"],
+    corners: Int[Tensor, "*batch_or_none L 3"],
+    bary: Float[Tensor, "*batch_or_none L 3"],
+) -> Float[Tensor, "batch L 3"]:
+    """Posed points given by barycentric coordinates in mesh triangles (``corners``: their vertex ids, shared
+    by the batch or per batch element), equal to skinning every vertex and then interpolating, without
+    skinning the vertices: both steps are linear, so each point blends each joint's transform of its
+    corners, weighted by barycentric coordinate times skinning weight. Its cost grows with the points,
+    not the mesh."""
+    batch, joints = transforms.shape[0], transforms.shape[1]
+    if corners.dim() == 2:
+        tri = rest_vertices[:, corners]  # B L 3 3
+        wb = bary[..., None] * weights[corners]  # L 3 J
+        per_joint = torch.einsum("blic,lij->bljc", tri, wb)
+        offset = torch.einsum("bjr,lj->blr", transforms[:, :, :3, 3], wb.sum(-2))
+    else:
+        frame = torch.arange(batch, device=corners.device)[:, None, None]
+        tri = rest_vertices[frame, corners]  # B L 3 3
+        wb = bary[..., None] * weights[corners]  # B L 3 J
+        per_joint = torch.einsum("blic,blij->bljc", tri, wb)
+        offset = torch.einsum("bjr,blj->blr", transforms[:, :, :3, 3], wb.sum(-2))
+    rotation = transforms[:, :, :3, :3].transpose(-1, -2).reshape(batch, joints * 3, 3)  # [b, 3j + c, r]
+    return per_joint.reshape(batch, per_joint.shape[1], joints * 3) @ rotation + offset
 
 
 def lbs(

@@ -22,8 +22,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from headstudio.flame.constants import WORLD_SCALE
-from headstudio.flame.lbs import axis_angle_to_matrix, lbs
-from headstudio.flame.model import FlameModel, faces_points
+from headstudio.flame.lbs import axis_angle_to_matrix, blend_shapes, pose_feature, rigid_transforms, skin_surface_points
+from headstudio.flame.model import FlameModel, dynamic_contour_bins, faces_points
 
 if TYPE_CHECKING:
     from headstudio.track.mediapipe_embedding import MediapipeEmbedding
@@ -134,6 +134,16 @@ class LandmarkFlame(torch.nn.Module):
         if self.has_dense:
             self.register_buffer("dense_faces", dense_faces, persistent=False)
             self.register_buffer("dense_bary", torch.as_tensor(dense_bary).to(flame.v_template), persistent=False)
+        fixed = [flame.lmk_static_faces.reshape(-1)], [flame.lmk_static_bary.reshape(-1, 3)]
+        if flame.has_iris:
+            fixed[0].append(flame.lmk_iris_faces.reshape(-1))
+            fixed[1].append(flame.lmk_iris_bary.reshape(-1, 3))
+        if self.has_dense:
+            fixed[0].append(dense_faces)
+            fixed[1].append(self.dense_bary)
+        self.num_static = flame.lmk_static_faces.numel()
+        self.register_buffer("fixed_faces", torch.cat(fixed[0]), persistent=False)  # static, irises, dense
+        self.register_buffer("fixed_bary", torch.cat(fixed[1]).to(flame.v_template), persistent=False)
         self.register_buffer("v_template", flame.v_template[used], persistent=False)
         self.register_buffer("shapedirs", flame.shapedirs[used], persistent=False)
         self.register_buffer("exprdirs", flame.exprdirs[used], persistent=False)
@@ -166,8 +176,17 @@ class LandmarkFlame(torch.nn.Module):
         joints = self.j_template + torch.einsum("k,jck->jc", full_shape, self.j_shapedirs)
         joints = joints[None] + torch.einsum("bk,jck->bjc", expression, self.j_exprdirs)
         rot_mats = axis_angle_to_matrix(pose.reshape(b, -1, 3))
-        verts, _ = lbs(rest, self.weights, rot_mats, joints, self.parents, pose_dirs=self.posedirs)
-        return self._points(verts, rot_mats)
+        rest = rest + blend_shapes(pose_feature(rot_mats), self.posedirs)
+        _, transforms = rigid_transforms(rot_mats, joints, self.parents)
+        flame = self.flame
+        bins = dynamic_contour_bins(rot_mats)
+        contour = skin_surface_points(rest, self.weights, transforms, self.faces[flame.lmk_dynamic_faces[bins]],
+                                      flame.lmk_dynamic_bary[bins])  # fmt: skip
+        fixed = skin_surface_points(rest, self.weights, transforms, self.faces[self.fixed_faces], self.fixed_bary)
+        landmarks = torch.cat([contour, fixed[:, : self.num_static]], 1)
+        iris = fixed[:, self.num_static : self.num_static + 2] if self.has_iris else None
+        dense = fixed[:, self.num_static + (2 if self.has_iris else 0) :] if self.has_dense else None
+        return landmarks, iris, dense
 
     def _points(self, verts: Float[Tensor, "B V 3"], rot_mats: Float[Tensor, "B J 3 3"]):
         landmarks = self.flame.landmarks(verts, rot_mats, faces=self.faces)
