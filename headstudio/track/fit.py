@@ -109,9 +109,11 @@ class LandmarkFit:
 
 
 class LandmarkFlame(torch.nn.Module):
-    """FLAME evaluated on the vertices its landmarks lie on only (static, every dynamic-contour row, irises):
-    the same landmarks as :meth:`FlameModel.landmarks` for a small part of the cost of the whole mesh. The
-    joints come from the whole shaped mesh, through the regressor contracted with the bases once."""
+    """FLAME evaluated on the vertices its landmarks lie on only (static, every dynamic-contour row, irises,
+    the dense points): the same landmarks as :meth:`FlameModel.landmarks` for a small part of the cost of
+    the whole mesh. The blendshapes are applied to those vertices; only the points themselves are skinned
+    (:func:`~headstudio.flame.lbs.skin_surface_points`). The joints come from the whole shaped mesh, through
+    the regressor contracted with the bases once."""
 
     def __init__(
         self, flame: FlameModel, dense_faces: Optional[Tensor] = None, dense_bary: Optional[Tensor] = None
