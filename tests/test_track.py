@@ -58,6 +58,23 @@ def test_landmark_flame_matches_the_whole_model(flame):
     landmarks, iris, _ = sparse(shape, expression, pose)
     assert torch.allclose(landmarks, out.landmarks, atol=1e-6)
     assert torch.allclose(iris, flame.iris_landmarks(out.vertices), atol=1e-6)
+    # with dense points, and in the rigid stage's shortcut (zero shape and expression, only the global rotation)
+    from headstudio.flame.model import faces_points
+
+    faces = torch.randint(0, flame.faces.shape[0], (50,), generator=g)
+    bary = torch.rand(50, 3, generator=g, dtype=flame.v_template.dtype)
+    bary = bary / bary.sum(-1, keepdim=True)
+    dense_model = LandmarkFlame(flame, faces, bary)
+    landmarks, iris, dense = dense_model(shape, expression, pose)
+    assert torch.allclose(landmarks, out.landmarks, atol=1e-6)
+    assert torch.allclose(dense, faces_points(out.vertices, flame.faces, faces, bary), atol=1e-6)
+    turned = torch.zeros_like(pose)
+    turned[:, :3] = pose[:, :3]
+    rigid_out = flame(shape=torch.zeros_like(shape)[None], expression=torch.zeros_like(expression), pose=turned)
+    landmarks, iris, dense = dense_model(shape, expression, turned, rigid=True)
+    assert torch.allclose(landmarks, rigid_out.landmarks, atol=1e-6)
+    assert torch.allclose(iris, flame.iris_landmarks(rigid_out.vertices), atol=1e-6)
+    assert torch.allclose(dense, faces_points(rigid_out.vertices, flame.faces, faces, bary), atol=1e-6)
 
 
 def test_landmark_fit_recovers_the_pose_and_reprojects_within_half_a_pixel(flame):
