@@ -29,8 +29,8 @@ from headstudio.track.mediapipe_embedding import (
     MediapipeEmbedding, bias_features, fit_detector_bias, save_mediapipe_embedding,
 )  # fmt: skip
 
-CALIBRATION_SEEDS = tuple(range(101, 119))
-"""Identities the shipped embedding is calibrated on; the benches' subjects (seeds 0-20) are not among them."""
+CALIBRATION_SEEDS = tuple(range(101, 173))
+"""Identities the shipped embedding is calibrated on (72); the benches' subjects (seeds 0-21) are not among them."""
 
 FACE_MESH_POINTS = 468
 """mediapipe's face-mesh points (the 10 iris points after them are the irises, embedded separately)."""
@@ -111,16 +111,17 @@ def rendered_detections(seed: int, frames: int, size: int = 512) -> Iterator[tup
 
 
 def calibrate(
-    seeds: Sequence[int] = CALIBRATION_SEEDS, frames: int = 60, size: int = 512, min_hit: float = 0.5,
+    seeds: Sequence[int] = CALIBRATION_SEEDS, frames: int = 240, size: int = 512, min_hit: float = 0.5,
     spread_scale_m: float = 0.0015, progress: Optional[Callable[[int, int], None]] = None,
-    bias_num_expression: int = 30, bias_ridge: float = 3.0, residual_scale_m: float = 0.002,
+    bias_num_expression: int = 30, bias_ridge: float = 1.0, residual_scale_m: float = 0.002,
 ) -> tuple[MediapipeEmbedding, CalibrationStats]:  # fmt: skip
     """The embedding from ``frames`` renders of each seed's subject (see the module docstring).
 
     ``spread_scale_m``: a point whose spread is this (about 2 px at 512 px from hs-synth's camera) gets
     weight 1/2 (weight = 1 / (1 + (spread / scale)^2)). ``bias_num_expression``: expression coefficients
-    among the detector-bias features; ``bias_ridge``: its ridge weight (negative: no bias model; 3 and 30
-    were chosen on bench/track.py's seeds 0 and 7). With the bias model the weights come instead from what
+    among the detector-bias features (30 chosen on bench/track.py's seeds 0 and 7); ``bias_ridge``: its ridge
+    weight (negative: no bias model; 1 leaves less than 3 of the offsets on identities left out of the fit,
+    on the calibration's own renders with 18, 36 and 72 identities). With the bias model the weights come instead from what
     it leaves of each point's offsets on identities it was not fitted on (:func:`held_out_residuals`): a
     point whose root-mean-square residual is ``residual_scale_m`` gets weight 1/2 (2 mm, about 2.7 px at
     512 px; 1 and 2 mm measured alike on bench/track.py's seeds 0, 7, 13)."""
@@ -157,7 +158,7 @@ def calibrate(
     embedding = MediapipeEmbedding(indices=keep.astype(np.int64), faces=skin[face].numpy().astype(np.int64),
                                    bary=bary.numpy(), weights=weights)  # fmt: skip
     if bias_ridge >= 0 and seen:
-        features = seen_features(seen, bias_num_expression)
+        features = seen_features(seen, bias_num_expression, embedding.bias_feature_set)
         residuals = detector_residuals(embedding, faces, seen)
         embedding.bias = fit_detector_bias(residuals, features, bias_ridge)
         embedding.bias_num_expression = bias_num_expression
@@ -186,11 +187,11 @@ def pixels_per_unit(camera) -> float:
     return float(camera.K[0, 0]) * WORLD_SCALE / float(camera.t[2])
 
 
-def seen_features(seen: Sequence[tuple], num_expression: int) -> np.ndarray:
+def seen_features(seen: Sequence[tuple], num_expression: int, feature_set: int = 2) -> np.ndarray:
     """(T, F) detector-bias features of the frames' true pose and expression."""
     pose = torch.as_tensor(np.stack([s[3] for s in seen])).double()
     expression = torch.as_tensor(np.stack([s[4] for s in seen])).double()
-    return bias_features(pose, expression, num_expression).numpy()
+    return bias_features(pose, expression, num_expression, feature_set).numpy()
 
 
 def detector_residuals(embedding: MediapipeEmbedding, faces: torch.Tensor, seen: Sequence[tuple]) -> np.ndarray:
@@ -220,7 +221,8 @@ def embedding_residuals(embedding: MediapipeEmbedding, seed: int, frames: int, s
     if seen:
         residual = detector_residuals(embedding, faces, seen)
         if with_bias and embedding.bias is not None:
-            residual = residual - np.einsum("tf,fkc->tkc", seen_features(seen, embedding.bias_num_expression), embedding.bias)
+            residual = residual - np.einsum("tf,fkc->tkc", seen_features(seen, embedding.bias_num_expression, embedding.bias_feature_set),
+                                                 embedding.bias)
         per_unit = np.array([pixels_per_unit(s[2]) for s in seen])
         out[rows] = np.linalg.norm(residual, axis=-1) * per_unit[:, None]
     return out
@@ -233,12 +235,12 @@ class Calibrate:
     output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUT.npz")]
     seeds: tuple[int, ...] = CALIBRATION_SEEDS
     """Identities rendered (keep the benches' subjects out)."""
-    frames: int = 60
+    frames: int = 240
     """Frames of each identity's training motion."""
     size: int = 512
     """Render size in pixels (mediapipe's points are most precise on large faces)."""
     bias: bool = True
-    """Also fit the detector-bias model (ridge 3, 30 expression coefficients; ``--no-bias``: none). bench/track.py
+    """Also fit the detector-bias model (ridge 1, 30 expression coefficients; ``--no-bias``: none). bench/track.py
     measures both (the variant without it): the landmarks 0.4-1.4 px closer to the truth with it."""
 
     def main(self) -> None:
@@ -248,7 +250,7 @@ class Calibrate:
         console = Console(stderr=True)
         with Progress(console=console) as bar:
             task = bar.add_task("render + mediapipe", total=len(self.seeds) * self.frames)
-            embedding, stats = calibrate(self.seeds, self.frames, self.size, bias_ridge=3.0 if self.bias else -1.0,
+            embedding, stats = calibrate(self.seeds, self.frames, self.size, bias_ridge=1.0 if self.bias else -1.0,
                                          progress=lambda d, t: bar.update(task, completed=d))  # fmt: skip
         save_mediapipe_embedding(embedding, self.output)
         spread_px = stats.spread_m[embedding.indices] * cfg_pixels_per_metre(self.size)

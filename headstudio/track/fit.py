@@ -347,7 +347,8 @@ def fit_flame_to_landmarks(
         if pred_dense is not None and pred_dense.shape[1] > num_dense:
             pred_dense, extra = pred_dense[:, :num_dense], pred_dense[:, num_dense:]
         if use_bias:  # where mediapipe puts the points: the embedded points moved by its calibrated bias
-            offset = detector_offsets(bias, bias_features(pose, expression, dense_embedding.bias_num_expression))
+            offset = detector_offsets(bias, bias_features(pose, expression, dense_embedding.bias_num_expression,
+                                                            dense_embedding.bias_feature_set))
             pixels = f * WORLD_SCALE / (-translation[:, 2]).clamp_min(1e-6)  # per FLAME unit at the head
             pred_dense = pred_dense + offset * pixels[:, None, None]
         return pred, pred_iris, pred_dense if use_dense else None, extra

@@ -22,7 +22,7 @@ with the bias model (the default of ``calibrate``) therefore carries ``bias_coef
 y down) of each detected point from its embedded point, linear in :func:`bias_features` of the frame's
 head rotation, jaw and first ``bias_num_expression`` expression coefficients. The fit adds the offset to
 its predicted points (:func:`detector_offsets`), so the mesh is fitted to where mediapipe *would* put the
-points, not to the points themselves. The shipped embedding carries one (calibrated on seeds 101-118);
+points, not to the points themselves. The shipped embedding carries one (calibrated on seeds 101-172);
 FLAME's own file has no such fields, and its offset is zero. bench/track.py measures the fit with and
 without it.
 """
@@ -62,29 +62,49 @@ class MediapipeEmbedding:
     """(F, K, 2) the detector-bias model's coefficients (see the module docstring), or None."""
     bias_num_expression: int = 0
     """Expression coefficients among the bias features."""
+    bias_feature_set: int = 2
+    """Which :func:`bias_features` the coefficients belong to (files written before set 2 have 1)."""
 
     def __len__(self) -> int:
         return len(self.indices)
 
 
-def num_bias_features(num_expression: int) -> int:
+BIAS_FEATURE_SETS = (1, 2)
+"""Versions of :func:`bias_features` (an embedding's ``bias_feature_set`` field; 1 where absent)."""
+
+
+def num_bias_features(num_expression: int, feature_set: int = 2) -> int:
     """Length of :func:`bias_features`' rows."""
-    return 1 + 3 + 3 + num_expression + 4
+    return 1 + 3 + 3 + num_expression + 4 + (13 if feature_set >= 2 else 0)
 
 
 def bias_features(
-    pose: Float[Tensor, "T 15"], expression: Float[Tensor, "T E"], num_expression: int
+    pose: Float[Tensor, "T 15"], expression: Float[Tensor, "T E"], num_expression: int, feature_set: int = 2
 ) -> Float[Tensor, "T F"]:
     """Per frame: 1; the head's rotation (global, then neck) as sin(angle) x axis (smooth at zero, unlike the
     axis-angle); the jaw's axis-angle; the first ``num_expression`` expression coefficients; and pitch^2,
-    yaw^2, pitch x yaw and |yaw| (smoothed), for the points that slide towards the silhouette."""
+    yaw^2, pitch x yaw and |yaw| (smoothed), for the points that slide towards the silhouette. Feature set 2
+    (the default since the 72-identity calibration) adds the third-order pose terms pitch^3, yaw^3,
+    pitch^2 yaw, pitch yaw^2, the signed squares pitch |pitch| and yaw |yaw|, roll^2, roll x pitch,
+    roll x yaw, and the jaw's opening squared and times pitch, yaw and |yaw|: mediapipe's drift grows
+    faster than linearly as the head pitches down or turns (on the calibration's renders, leave one
+    identity out, they take the residual's root mean square from 3.00 to 2.90 px)."""
     from headstudio.flame.lbs import axis_angle_to_matrix
 
+    if feature_set not in BIAS_FEATURE_SETS:
+        raise ValueError(f"bias feature set {feature_set} is not one of {BIAS_FEATURE_SETS}")
     rot = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])
     r = torch.stack([rot[:, 2, 1] - rot[:, 1, 2], rot[:, 0, 2] - rot[:, 2, 0], rot[:, 1, 0] - rot[:, 0, 1]], -1) / 2
-    pitch, yaw = r[:, 0], r[:, 1]
-    quad = torch.stack([pitch**2, yaw**2, pitch * yaw, torch.sqrt(yaw**2 + 1e-4)], -1)
-    return torch.cat([torch.ones_like(pitch)[:, None], r, pose[:, 6:9], expression[:, :num_expression], quad], -1)
+    pitch, yaw, roll = r[:, 0], r[:, 1], r[:, 2]
+    abs_yaw = torch.sqrt(yaw**2 + 1e-4)
+    terms = [pitch**2, yaw**2, pitch * yaw, abs_yaw]
+    if feature_set >= 2:
+        jaw = pose[:, 6]
+        abs_pitch = torch.sqrt(pitch**2 + 1e-4)
+        terms += [pitch**3, yaw**3, pitch**2 * yaw, pitch * yaw**2, pitch * abs_pitch, yaw * abs_yaw,
+                  roll**2, roll * pitch, roll * yaw, jaw**2, jaw * pitch, jaw * yaw, jaw * abs_yaw]  # fmt: skip
+    ones = torch.ones_like(pitch)[:, None]
+    return torch.cat([ones, r, pose[:, 6:9], expression[:, :num_expression], torch.stack(terms, -1)], -1)
 
 
 def detector_offsets(
@@ -138,16 +158,19 @@ def load_mediapipe_embedding(path: os.PathLike | str, num_faces: int | None = No
         raise FlameFileError(f"{path}: field 'landmark_indices' must hold mediapipe ids 0..477")
     if num_faces is not None and k and (faces.min() < 0 or faces.max() >= num_faces):
         raise FlameFileError(f"{path}: field 'lmk_face_idx' points past the model's {num_faces} faces")
-    bias, num_expression = None, 0
+    bias, num_expression, feature_set = None, 0, 2
     if "bias_coefficients" in data:
         bias = np.asarray(data["bias_coefficients"], dtype=np.float64)
         if "bias_num_expression" not in data:
             raise FlameFileError(f"{path}: field 'bias_num_expression' is missing (bias_coefficients needs it)")
         num_expression = int(np.asarray(data["bias_num_expression"]).reshape(()))
-        want = (num_bias_features(num_expression), k, 2)
+        feature_set = int(np.asarray(data.get("bias_feature_set", 1)).reshape(()))
+        if feature_set not in BIAS_FEATURE_SETS:
+            raise FlameFileError(f"{path}: field 'bias_feature_set' is {feature_set}; this version reads {BIAS_FEATURE_SETS}")
+        want = (num_bias_features(num_expression, feature_set), k, 2)
         if bias.shape != want or not np.isfinite(bias).all():
             raise FlameFileError(f"{path}: field 'bias_coefficients' must be finite with shape {want}, got {bias.shape}")
-    return MediapipeEmbedding(indices, faces, bary, np.clip(weights, 0.0, 1.0), bias, num_expression)
+    return MediapipeEmbedding(indices, faces, bary, np.clip(weights, 0.0, 1.0), bias, num_expression, feature_set)
 
 
 def save_mediapipe_embedding(embedding: MediapipeEmbedding, path: os.PathLike | str) -> None:
@@ -159,7 +182,8 @@ def save_mediapipe_embedding(embedding: MediapipeEmbedding, path: os.PathLike | 
             extra = {}
             if embedding.bias is not None:
                 extra = dict(bias_coefficients=embedding.bias.astype(np.float64),
-                             bias_num_expression=np.int64(embedding.bias_num_expression))  # fmt: skip
+                             bias_num_expression=np.int64(embedding.bias_num_expression),
+                             bias_feature_set=np.int64(embedding.bias_feature_set))  # fmt: skip
             np.savez(fh, landmark_indices=embedding.indices.astype(np.int64), lmk_face_idx=embedding.faces.astype(np.int64),
                      lmk_b_coords=embedding.bary.astype(np.float64), weights=embedding.weights.astype(np.float64),
                      **extra)  # fmt: skip
